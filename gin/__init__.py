@@ -1,0 +1,1 @@
+"""Gin files (models/, methods/, runs/), installed as `prompt_tuning.gin`."""

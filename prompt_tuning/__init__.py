@@ -1,0 +1,1 @@
+"""prompt_tuning: steer frozen pretrained LMs with small learned parameters."""

@@ -1,0 +1,1 @@
+"""Checkpoint readers and writers (T5X, Orbax, Hugging Face)."""

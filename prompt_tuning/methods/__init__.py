@@ -1,0 +1,1 @@
+"""Parameter-efficient methods (prompt tuning, prefixes, MSP, multitask)."""

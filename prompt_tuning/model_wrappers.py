@@ -1,0 +1,239 @@
+"""T5X-style model wrappers: loss_fn, score_batch, predict_batch(_with_aux).
+
+They speak T5X's feature names (`encoder_input_tokens`,
+`decoder_input_tokens`, `decoder_target_tokens`, `decoder_loss_weights`,
+`decoder_causal_attention`) and take params explicitly, so the trainer can
+differentiate with respect to any subtree and keep the rest frozen.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Mapping, Optional
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from prompt_tuning import decoding
+from prompt_tuning import losses
+from prompt_tuning.models import transformer
+from prompt_tuning.models.configs import TransformerConfig
+
+Batch = Mapping[str, jax.Array]
+Params = Any
+
+
+@dataclasses.dataclass(frozen=True)
+class DecodingOptions:
+  """How `predict_batch` picks tokens (temperature 0 = greedy)."""
+
+  temperature: float = 0.0
+  topk: int = 0
+  topp: float = 0.0
+
+  def __post_init__(self):
+    if self.temperature < 0:
+      raise ValueError(f"temperature={self.temperature} must be >= 0.")
+    if self.topk < 0 or not 0.0 <= self.topp <= 1.0:
+      raise ValueError(f"topk={self.topk} must be >= 0 and topp={self.topp} "
+                       "in [0, 1].")
+
+
+class BaseModel:
+  """What both wrappers share: the module, loss options and scoring."""
+
+  FEATURES: tuple[str, ...] = ()
+
+  def __init__(self, config: TransformerConfig, *,
+               module: Optional[nn.Module] = None,
+               eos_id: int = 1, label_smoothing: float = 0.0,
+               z_loss: float = 0.0,
+               loss_normalizing_factor: losses.LossNormalizer = None,
+               decoding_options: DecodingOptions = DecodingOptions()):
+    losses.check_normalizer(loss_normalizing_factor)
+    if not 0.0 <= label_smoothing < 1.0:
+      raise ValueError(f"label_smoothing={label_smoothing} must be in [0, 1).")
+    self.config = config
+    self.module = module or transformer.build_module(config)
+    self.eos_id = eos_id
+    self.label_smoothing = label_smoothing
+    self.z_loss = z_loss
+    self.loss_normalizing_factor = loss_normalizing_factor
+    self.decoding_options = decoding_options
+
+  def _check_batch(self, batch: Batch, required: tuple[str, ...]) -> None:
+    missing = [k for k in required if k not in batch]
+    if missing:
+      raise KeyError(
+          f"batch lacks {missing}; {type(self).__name__} needs the T5X "
+          f"features {list(required)} (got {sorted(batch)}).")
+
+  def _logits(self, params: Params, batch: Batch,
+              dropout_rng: Optional[jax.Array]) -> jax.Array:
+    raise NotImplementedError
+
+  def loss_fn(self, params: Params, batch: Batch,
+              dropout_rng: Optional[jax.Array]
+              ) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """Weighted token cross-entropy (+ z-loss); dropout iff an rng is given."""
+    logits = self._logits(params, batch, dropout_rng)
+    targets = batch["decoder_target_tokens"]
+    weights = losses.maybe_weights(targets, batch.get("decoder_loss_weights"))
+    loss, z_loss, weight_sum = losses.weighted_cross_entropy(
+        logits, targets, weights, label_smoothing=self.label_smoothing,
+        z_loss=self.z_loss,
+        loss_normalizing_factor=self.loss_normalizing_factor)
+    correct = (jnp.argmax(logits, -1) == targets).astype(jnp.float32)
+    metrics = {
+        "loss": loss, "z_loss": z_loss, "cross_ent_loss": loss - z_loss,
+        "weight_sum": weight_sum,
+        "accuracy": jnp.sum(correct * weights) / jnp.maximum(weight_sum, 1.0),
+    }
+    return loss, metrics
+
+  def score_batch(self, params: Params, batch: Batch,
+                  return_intermediates: bool = False) -> jax.Array:
+    """Per-example summed log-likelihood of the weighted targets: [batch]."""
+    if return_intermediates:
+      raise NotImplementedError("return_intermediates is not supported yet.")
+    logits = self._logits(params, batch, None)
+    targets = batch["decoder_target_tokens"]
+    weights = losses.maybe_weights(targets, batch.get("decoder_loss_weights"))
+    return jnp.sum(losses.token_log_likelihood(logits, targets) * weights, -1)
+
+  def predict_batch(self, params: Params, batch: Batch,
+                    rng: Optional[jax.Array] = None) -> jax.Array:
+    return self.predict_batch_with_aux(params, batch, rng)[0]
+
+  def predict_batch_with_aux(self, params: Params, batch: Batch,
+                             rng: Optional[jax.Array] = None, **kwargs
+                             ) -> tuple[jax.Array, dict[str, jax.Array]]:
+    raise NotImplementedError
+
+  def _init_cache(self, apply_fn, *args, **kwargs) -> Any:
+    """Zeros shaped like the 'cache' collection a decode call creates."""
+    shapes = jax.eval_shape(
+        lambda: apply_fn(*args, decode=True, mutable=["cache"], **kwargs)[1])
+    return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes["cache"])
+
+  def _sample(self, step_fn, first_logits, cache, max_decode_len, budgets,
+              rng):
+    opts = self.decoding_options
+    return decoding.temperature_sample(
+        step_fn, first_logits, cache, max_decode_len=max_decode_len,
+        eos_id=self.eos_id, budgets=budgets, rng=rng,
+        temperature=opts.temperature, topk=opts.topk, topp=opts.topp)
+
+
+class EncoderDecoderModel(BaseModel):
+  """T5-style model on encoder/decoder T5X features."""
+
+  FEATURES = ("encoder_input_tokens", "decoder_input_tokens",
+              "decoder_target_tokens")
+
+  def get_initial_variables(self, rng: jax.Array,
+                            input_shapes: Mapping[str, tuple[int, ...]],
+                            input_types: Optional[Mapping[str, Any]] = None):
+    """Boxed variables (params carry logical axis names)."""
+    del input_types
+    return self.module.init(
+        rng, jnp.ones(input_shapes["encoder_input_tokens"], jnp.int32),
+        jnp.ones(input_shapes["decoder_input_tokens"], jnp.int32))
+
+  def _logits(self, params, batch, dropout_rng):
+    self._check_batch(batch, self.FEATURES)
+    rngs = {"dropout": dropout_rng} if dropout_rng is not None else None
+    return self.module.apply(
+        {"params": params}, batch["encoder_input_tokens"],
+        batch["decoder_input_tokens"], batch["decoder_target_tokens"],
+        enable_dropout=dropout_rng is not None, rngs=rngs)
+
+  def predict_batch_with_aux(self, params, batch, rng=None, **kwargs):
+    """Decodes up to len(decoder_target_tokens) tokens after BOS (id 0)."""
+    del kwargs
+    self._check_batch(batch, ("encoder_input_tokens",))
+    inputs = batch["encoder_input_tokens"]
+    target_shape = batch.get("decoder_target_tokens",
+                             batch.get("decoder_input_tokens"))
+    if target_shape is None:
+      raise KeyError("predict_batch needs decoder_target_tokens (or "
+                     "decoder_input_tokens) to know the output length.")
+    batch_size, max_len = target_shape.shape
+    apply = self.module.apply
+    encoded = apply({"params": params}, inputs, method="encode")
+    cache = self._init_cache(
+        apply, {"params": params}, encoded, inputs,
+        jnp.zeros((batch_size, max_len), jnp.int32), method="decode")
+
+    def step(tokens, cache):
+      logits, state = apply({"params": params, "cache": cache}, encoded,
+                            inputs, tokens, decode=True, mutable=["cache"],
+                            method="decode")
+      return logits[:, -1], state["cache"]
+
+    first_logits, cache = step(jnp.zeros((batch_size, 1), jnp.int32), cache)
+    tokens, scores = self._sample(step, first_logits, cache, max_len, None,
+                                  rng)
+    return tokens, {"scores": scores}
+
+
+class DecoderOnlyModel(BaseModel):
+  """Decoder-only LM (T5X-style or GPT-2 family) on T5X decoder features."""
+
+  FEATURES = ("decoder_input_tokens", "decoder_target_tokens")
+
+  def get_initial_variables(self, rng, input_shapes, input_types=None):
+    del input_types
+    return self.module.init(
+        rng, jnp.ones(input_shapes["decoder_input_tokens"], jnp.int32))
+
+  def _logits(self, params, batch, dropout_rng):
+    self._check_batch(batch, self.FEATURES)
+    rngs = {"dropout": dropout_rng} if dropout_rng is not None else None
+    return self.module.apply(
+        {"params": params}, batch["decoder_input_tokens"],
+        decoder_causal_attention=batch.get("decoder_causal_attention"),
+        decoder_positions=batch.get("decoder_positions"),
+        enable_dropout=dropout_rng is not None, rngs=rngs)
+
+  def predict_batch_with_aux(self, params, batch, rng=None, **kwargs):
+    """Continues each prompt up to the feature length.
+
+    The prompt of each example is where `decoder_causal_attention` is 1
+    (T5X's convention); outputs [batch, length] hold only the new tokens.
+    """
+    del kwargs
+    self._check_batch(batch, ("decoder_input_tokens",
+                              "decoder_causal_attention"))
+    region = batch["decoder_causal_attention"].astype(jnp.int32)
+    prompt_lengths = jnp.sum(region, axis=-1)
+    prompts = batch["decoder_input_tokens"] * region
+    batch_size, length = prompts.shape
+    apply = self.module.apply
+    cache = self._init_cache(apply, {"params": params}, prompts)
+
+    # Prefill every prompt at once; each cache index then sits right after
+    # its own prompt, so examples of different lengths decode side by side.
+    logits, state = apply(
+        {"params": params, "cache": cache}, prompts,
+        decoder_causal_attention=region, decode=True,
+        cache_advance=prompt_lengths, mutable=["cache"])
+    last = jnp.maximum(prompt_lengths - 1, 0)
+    first_logits = jnp.take_along_axis(logits, last[:, None, None], 1)[:, 0]
+
+    def step(tokens, cache):
+      logits, state = apply({"params": params, "cache": cache}, tokens,
+                            decode=True, mutable=["cache"])
+      return logits[:, -1], state["cache"]
+
+    tokens, scores = self._sample(step, first_logits, state["cache"], length,
+                                  length - prompt_lengths, rng)
+    return tokens, {"scores": scores}
+
+
+def build_model(config: TransformerConfig, **kwargs) -> BaseModel:
+  """The T5X-interface wrapper for a config's architecture."""
+  if config.architecture == "encoder_decoder":
+    return EncoderDecoderModel(config, **kwargs)
+  return DecoderOnlyModel(config, **kwargs)

@@ -1,0 +1,158 @@
+"""The one attention primitive (DESIGN.md principle 2).
+
+Every use of attention in this library goes through `MultiHeadAttention`:
+plain self/cross attention, cached decoding, soft prompts (which are just
+longer inputs), KV prefixes and MSP stages (an external `kv_prefix` placed
+before the keys) and stages that hand their keys/values on (the returned
+`KeyValue`). Masks and position biases are explicit inputs built by the
+caller over [prefix ; keys], so position conventions live in one visible place.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from prompt_tuning.models import layers
+
+# Finite so that a fully masked row (a padding query) stays finite.
+_MASKED_LOGIT = -1e10
+
+
+@flax.struct.dataclass
+class KeyValue:
+  """Projected keys and values, each [batch, length, heads, head_dim]."""
+
+  key: jax.Array
+  value: jax.Array
+
+  @property
+  def length(self) -> int:
+    return self.key.shape[1]
+
+
+def dot_product_attention(query: jax.Array, key: jax.Array, value: jax.Array,
+                          *, mask: Optional[jax.Array] = None,
+                          bias: Optional[jax.Array] = None,
+                          scale: float = 1.0,
+                          dropout_rate: float = 0.0,
+                          dropout_rng: Optional[jax.Array] = None,
+                          dtype: jnp.dtype = jnp.float32) -> jax.Array:
+  """softmax(q k^T * scale + bias, masked) v, with logits in float32.
+
+  Args:
+    query: [batch, q_len, heads, head_dim].
+    key, value: [batch, kv_len, heads, head_dim].
+    mask: bool [batch, 1 or heads, q_len, kv_len]; False hides a key.
+    bias: [batch or 1, heads, q_len, kv_len], added to the logits.
+  Returns:
+    [batch, q_len, heads, head_dim].
+  """
+  logits = jnp.einsum("bqhd,bkhd->bhqk", query, key,
+                      preferred_element_type=jnp.float32) * scale
+  if bias is not None:
+    logits = logits + bias.astype(jnp.float32)
+  if mask is not None:
+    logits = jnp.where(mask, logits, _MASKED_LOGIT)
+  weights = jax.nn.softmax(logits, axis=-1)
+  if dropout_rate > 0.0 and dropout_rng is not None:
+    keep = jax.random.bernoulli(dropout_rng, 1.0 - dropout_rate, weights.shape)
+    weights = jnp.where(keep, weights / (1.0 - dropout_rate), 0.0)
+  return jnp.einsum("bhqk,bkhd->bqhd", weights.astype(dtype), value)
+
+
+class MultiHeadAttention(nn.Module):
+  """Projections + `dot_product_attention`, with optional prefix and cache.
+
+  Attributes:
+    num_heads, head_dim: heads x per-head width; kernels are [embed, h*d].
+    use_bias: biased projections (GPT-2).
+    scale_logits: divide logits by sqrt(head_dim) (GPT-2); T5 does not.
+  """
+
+  num_heads: int
+  head_dim: int
+  use_bias: bool = False
+  scale_logits: bool = False
+  dropout_rate: float = 0.0
+  dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, inputs_q: jax.Array, inputs_kv: jax.Array, *,
+               mask: Optional[jax.Array] = None,
+               bias: Optional[jax.Array] = None,
+               kv_prefix: Optional[KeyValue] = None,
+               cache_slots: Optional[jax.Array] = None,
+               deterministic: bool = True) -> tuple[jax.Array, KeyValue]:
+    """Attends from inputs_q to [kv_prefix ; inputs_kv (or the cache)].
+
+    Args:
+      inputs_q: [batch, q_len, embed].
+      inputs_kv: [batch, kv_len, embed] (inputs_q itself for self-attention).
+      mask, bias: over [prefix_len + keys], see `dot_product_attention`. With
+        a cache the keys are all cache slots: [prefix_len + cache_len].
+      kv_prefix: external keys/values [batch, prefix_len, heads, head_dim]
+        placed before the keys (prefix tuning, MSP stage prompts).
+      cache_slots: int [batch, q_len]; when given (cached decoding), this
+        call's keys/values are written into the 'cache' collection at these
+        slots and the queries attend over the whole cache.
+    Returns:
+      ([batch, q_len, embed], the KeyValue projected from inputs_kv alone).
+    """
+    joined = self.num_heads * self.head_dim
+    project = lambda name, axes: layers.Dense(
+        joined, axes, self.use_bias, self.dtype, name=name)
+    split = lambda x: x.reshape(x.shape[:2] + (self.num_heads, self.head_dim))
+    query = split(project("query", ("embed", "joined_kv"))(inputs_q))
+    key = split(project("key", ("embed", "joined_kv"))(inputs_kv))
+    value = split(project("value", ("embed", "joined_kv"))(inputs_kv))
+    axes = ("batch", "length", "heads", "kv")
+    query = nn.with_logical_constraint(query, axes)
+    key = nn.with_logical_constraint(key, axes)
+    value = nn.with_logical_constraint(value, axes)
+    new_kv = KeyValue(key, value)
+
+    if cache_slots is not None:
+      key, value = self._update_cache(key, value, cache_slots)
+    if kv_prefix is not None:
+      key = jnp.concatenate([kv_prefix.key.astype(key.dtype), key], axis=1)
+      value = jnp.concatenate([kv_prefix.value.astype(value.dtype), value],
+                              axis=1)
+
+    dropout_rng = None
+    if not deterministic and self.dropout_rate > 0.0:
+      dropout_rng = self.make_rng("dropout")
+    scale = 1.0 / np.sqrt(self.head_dim) if self.scale_logits else 1.0
+    out = dot_product_attention(
+        query, key, value, mask=mask, bias=bias, scale=scale,
+        dropout_rate=self.dropout_rate, dropout_rng=dropout_rng,
+        dtype=self.dtype)
+    out = out.reshape(out.shape[:2] + (joined,))
+    out = layers.Dense(inputs_q.shape[-1], ("joined_kv", "embed"),
+                       self.use_bias, self.dtype, name="out")(out)
+    return nn.with_logical_constraint(out, ("batch", "length", "embed")), new_kv
+
+  def _update_cache(self, key: jax.Array, value: jax.Array,
+                    slots: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Writes [batch, q_len, h, d] at `slots`; returns the full cache.
+
+    The first call (under `init`) only creates the cache, sized by its input:
+    callers initialise with a dummy input of the maximum length, as in T5X.
+    """
+    is_initialized = self.has_variable("cache", "cached_key")
+    cached_key = self.variable("cache", "cached_key", jnp.zeros, key.shape,
+                               key.dtype)
+    cached_value = self.variable("cache", "cached_value", jnp.zeros,
+                                 value.shape, value.dtype)
+    rows = jnp.arange(key.shape[0])[:, None]
+    full_key = cached_key.value.at[rows, slots].set(key)
+    full_value = cached_value.value.at[rows, slots].set(value)
+    if is_initialized:
+      cached_key.value = full_key
+      cached_value.value = full_value
+    return full_key, full_value

@@ -1,0 +1,341 @@
+"""Encoder and decoder stacks, and the two network shapes built from them.
+
+`EncoderDecoder` is T5 (1.0, 1.1, mT5) with T5X parameter names;
+`DecoderOnly` is both the T5X-style decoder-only LM and the GPT-2 family,
+which differ only in `TransformerConfig` switches. Stacks take *embedded*
+inputs plus explicit positions and masks, so methods can insert soft prompts
+or KV prefixes without touching this file.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from prompt_tuning.models import attention as attention_lib
+from prompt_tuning.models import layers
+from prompt_tuning.models import masks
+from prompt_tuning.models.configs import TransformerConfig
+
+ACTIVATION_AXES = ("batch", "length", "embed")
+
+
+def _norm(cfg: TransformerConfig, name: Optional[str] = None) -> layers.Norm:
+  return layers.Norm(cfg.norm, cfg.norm_epsilon, cfg.activation_dtype,
+                     name=name)
+
+
+def _attention(cfg: TransformerConfig, name: str):
+  return attention_lib.MultiHeadAttention(
+      num_heads=cfg.num_heads, head_dim=cfg.head_dim, use_bias=cfg.use_bias,
+      scale_logits=cfg.scale_attention_logits, dropout_rate=cfg.dropout_rate,
+      dtype=cfg.activation_dtype, name=name)
+
+
+def _relpos(cfg: TransformerConfig, bidirectional: bool,
+            name: Optional[str] = None):
+  return layers.RelativePositionBias(
+      num_buckets=cfg.relative_attention_num_buckets,
+      max_distance=cfg.relative_attention_max_distance,
+      num_heads=cfg.num_heads, bidirectional=bidirectional,
+      dtype=cfg.activation_dtype, name=name)
+
+
+def _batch_positions(batch: int, length: int) -> jax.Array:
+  return jnp.broadcast_to(jnp.arange(length, dtype=jnp.int32),
+                          (batch, length))
+
+
+class EncoderLayer(nn.Module):
+  """Pre-norm self-attention + MLP, each with a residual connection."""
+
+  config: TransformerConfig
+
+  @nn.compact
+  def __call__(self, x: jax.Array, *, mask: jax.Array,
+               bias: Optional[jax.Array], deterministic: bool) -> jax.Array:
+    """x: [batch, length, embed] -> same."""
+    cfg = self.config
+    dropout = nn.Dropout(cfg.dropout_rate)
+    h = _norm(cfg, "pre_attention_layer_norm")(x)
+    h, _ = _attention(cfg, "attention")(
+        h, h, mask=mask, bias=bias, deterministic=deterministic)
+    x = x + dropout(h, deterministic=deterministic)
+    h = _norm(cfg, "pre_mlp_layer_norm")(x)
+    h = layers.MlpBlock(cfg.mlp_dim, cfg.mlp_activations, cfg.use_bias,
+                        cfg.dropout_rate, cfg.activation_dtype, name="mlp")(
+                            h, deterministic)
+    x = x + dropout(h, deterministic=deterministic)
+    return nn.with_logical_constraint(x, ACTIVATION_AXES)
+
+
+class DecoderLayer(nn.Module):
+  """Self-attention (+ cross-attention) + MLP, pre-norm, residual."""
+
+  config: TransformerConfig
+  has_cross_attention: bool
+
+  @nn.compact
+  def __call__(self, x: jax.Array, *, mask: jax.Array,
+               bias: Optional[jax.Array], encoded: Optional[jax.Array],
+               cross_mask: Optional[jax.Array],
+               cache_slots: Optional[jax.Array],
+               deterministic: bool) -> jax.Array:
+    """x: [batch, q, embed]; encoded: [batch, k, embed] -> [batch, q, embed]."""
+    cfg = self.config
+    dropout = nn.Dropout(cfg.dropout_rate)
+    h = _norm(cfg, "pre_self_attention_layer_norm")(x)
+    h, _ = _attention(cfg, "self_attention")(
+        h, h, mask=mask, bias=bias, cache_slots=cache_slots,
+        deterministic=deterministic)
+    x = x + dropout(h, deterministic=deterministic)
+    if self.has_cross_attention:
+      h = _norm(cfg, "pre_cross_attention_layer_norm")(x)
+      h, _ = _attention(cfg, "encoder_decoder_attention")(
+          h, encoded, mask=cross_mask, deterministic=deterministic)
+      x = x + dropout(h, deterministic=deterministic)
+    h = _norm(cfg, "pre_mlp_layer_norm")(x)
+    h = layers.MlpBlock(cfg.mlp_dim, cfg.mlp_activations, cfg.use_bias,
+                        cfg.dropout_rate, cfg.activation_dtype, name="mlp")(
+                            h, deterministic)
+    x = x + dropout(h, deterministic=deterministic)
+    return nn.with_logical_constraint(x, ACTIVATION_AXES)
+
+
+class Encoder(nn.Module):
+  """T5 encoder stack over embedded inputs (bidirectional relative bias)."""
+
+  config: TransformerConfig
+
+  @nn.compact
+  def __call__(self, embedded: jax.Array, *, positions: jax.Array,
+               mask: jax.Array, deterministic: bool = True) -> jax.Array:
+    """embedded [batch, L, embed], positions [batch, L], mask [b, 1, L, L]."""
+    cfg = self.config
+    dropout = nn.Dropout(cfg.dropout_rate)
+    x = dropout(embedded, deterministic=deterministic)
+    bias = _relpos(cfg, True, "relpos_bias")(positions, positions)
+    for i in range(cfg.num_encoder_layers):
+      x = EncoderLayer(cfg, name=f"layers_{i}")(
+          x, mask=mask, bias=bias, deterministic=deterministic)
+    x = _norm(cfg, "encoder_norm")(x)
+    return dropout(x, deterministic=deterministic)
+
+
+class DecodeCacheState(nn.Module):
+  """Per-example write index and slot positions of a decoder's KV cache."""
+
+  @nn.compact
+  def __call__(self, positions: Optional[jax.Array], chunk_mask: jax.Array,
+               cache_advance: Optional[jax.Array]):
+    """Places a chunk of q tokens; see `masks.cache_mask`.
+
+    Returns (query positions [b, q], mask over all cache slots [b, 1, q, C],
+    positions of all slots [b, C], write slots [b, q]).
+    """
+    batch, q = chunk_mask.shape[0], chunk_mask.shape[-1]
+    is_initialized = self.has_variable("cache", "cache_index")
+    cache_index = self.variable("cache", "cache_index", jnp.zeros, (batch,),
+                                jnp.int32)
+    # Created under `init` with the dummy chunk's length = cache length.
+    cached_positions = self.variable("cache", "cached_positions", jnp.zeros,
+                                     (batch, q), jnp.int32)
+    index = cache_index.value
+    slots = index[:, None] + jnp.arange(q, dtype=jnp.int32)[None, :]
+    if positions is None:
+      positions = slots
+    rows = jnp.arange(batch)[:, None]
+    key_positions = cached_positions.value.at[rows, slots].set(positions)
+    mask = masks.cache_mask(index, chunk_mask, key_positions.shape[1])
+    if is_initialized:
+      advance = (jnp.full((batch,), q, jnp.int32) if cache_advance is None
+                 else cache_advance.astype(jnp.int32))
+      cache_index.value = index + advance
+      cached_positions.value = key_positions
+    return positions, mask, key_positions, slots
+
+
+class Decoder(nn.Module):
+  """Decoder stack with its embeddings, logits and optional KV cache.
+
+  In decode mode the 'cache' collection holds, besides each layer's keys and
+  values, a per-example write index and the position of every cached slot, so
+  examples of different lengths decode side by side and relative biases use
+  the true positions.
+  """
+
+  config: TransformerConfig
+  has_cross_attention: bool
+  shared_embedding: Optional[layers.Embed] = None
+
+  def setup(self):
+    cfg = self.config
+    if self.shared_embedding is None:
+      self.token_embedder = layers.Embed(
+          cfg.vocab_size, cfg.emb_dim, dtype=cfg.activation_dtype)
+    if cfg.position_embedding == "absolute":
+      self.position_embedder = layers.Embed(
+          cfg.max_position_embeddings, cfg.emb_dim,
+          axes=("abspos_buckets", "embed"), dtype=cfg.activation_dtype,
+          embedding_init=nn.initializers.normal(stddev=0.01))
+    else:
+      self.relpos_bias = _relpos(cfg, bidirectional=False)
+    # Named by flax as layers_0, layers_1, ... (T5X's names).
+    self.layers = [DecoderLayer(cfg, self.has_cross_attention)
+                   for _ in range(cfg.num_decoder_layers)]
+    self.decoder_norm = _norm(cfg)
+    if not cfg.logits_via_embedding:
+      self.logits_dense = layers.Dense(
+          cfg.vocab_size, ("embed", "vocab"), dtype=cfg.activation_dtype)
+    self.dropout = nn.Dropout(cfg.dropout_rate)
+    self.cache_state = DecodeCacheState()
+
+  def _embedder(self) -> layers.Embed:
+    return self.shared_embedding or self.token_embedder
+
+  def embed(self, tokens: jax.Array) -> jax.Array:
+    """[batch, length] ids -> [batch, length, embed] (no positions yet)."""
+    return self._embedder()(tokens)
+
+  def __call__(self, embedded: jax.Array, *,
+               positions: Optional[jax.Array] = None,
+               self_mask: Optional[jax.Array] = None,
+               encoded: Optional[jax.Array] = None,
+               cross_mask: Optional[jax.Array] = None,
+               decode: bool = False,
+               cache_advance: Optional[jax.Array] = None,
+               deterministic: bool = True) -> jax.Array:
+    """Runs the stack; returns float32 logits [batch, q, vocab].
+
+    Args:
+      embedded: [batch, q, embed] token (and prompt) embeddings.
+      positions: int [batch, q]; default 0..q-1, or the cache slots when
+        decoding.
+      self_mask: bool [batch, 1, q, q] among these q tokens; default causal.
+        When decoding, earlier cache slots are added as visible.
+      encoded, cross_mask: encoder output [batch, k, embed] and [b, 1, q, k].
+      decode: write this chunk into the cache and attend over the cache.
+      cache_advance: int [batch], how far each example's write index moves
+        after this chunk (default q); prefill of padded prompts passes the
+        true prompt lengths so decoding continues right after each prompt.
+    """
+    cfg = self.config
+    batch, q = embedded.shape[:2]
+    if self_mask is None:
+      self_mask = masks.causal_mask(batch, q)
+    cache_slots = None
+    if decode:
+      positions, self_mask, key_positions, cache_slots = self.cache_state(
+          positions, self_mask, cache_advance)
+    else:
+      if positions is None:
+        positions = _batch_positions(batch, q)
+      key_positions = positions
+
+    x = embedded
+    bias = None
+    if cfg.position_embedding == "absolute":
+      x = x + self.position_embedder(positions)
+    else:
+      bias = self.relpos_bias(positions, key_positions)
+    x = self.dropout(x, deterministic=deterministic)
+    x = nn.with_logical_constraint(x, ACTIVATION_AXES)
+    for layer in self.layers:
+      x = layer(x, mask=self_mask, bias=bias, encoded=encoded,
+                cross_mask=cross_mask, cache_slots=cache_slots,
+                deterministic=deterministic)
+    x = self.decoder_norm(x)
+    x = self.dropout(x, deterministic=deterministic)
+    if cfg.logits_via_embedding:
+      if cfg.scale_tied_logits:
+        x = x * (cfg.emb_dim ** -0.5)
+      logits = self._embedder().attend(x)
+    else:
+      logits = self.logits_dense(x)
+    logits = nn.with_logical_constraint(logits, ("batch", "length", "vocab"))
+    return logits.astype(jnp.float32)
+
+class EncoderDecoder(nn.Module):
+  """T5-style encoder-decoder (T5X `Transformer` names and methods)."""
+
+  config: TransformerConfig
+
+  def setup(self):
+    cfg = self.config
+    self.token_embedder = layers.Embed(cfg.vocab_size, cfg.emb_dim,
+                                       dtype=cfg.activation_dtype)
+    self.encoder = Encoder(cfg)
+    self.decoder = Decoder(cfg, has_cross_attention=True,
+                           shared_embedding=self.token_embedder)
+
+  def encode(self, encoder_input_tokens: jax.Array, *,
+             enable_dropout: bool = False) -> jax.Array:
+    """[batch, L] ids (0 = padding) -> [batch, L, embed]."""
+    valid = encoder_input_tokens > 0
+    batch, length = encoder_input_tokens.shape
+    return self.encoder(
+        self.token_embedder(encoder_input_tokens),
+        positions=_batch_positions(batch, length),
+        mask=masks.attention_mask(valid, valid),
+        deterministic=not enable_dropout)
+
+  def decode(self, encoded: jax.Array, encoder_input_tokens: jax.Array,
+             decoder_input_tokens: jax.Array, *,
+             decoder_positions: Optional[jax.Array] = None,
+             enable_dropout: bool = False, decode: bool = False) -> jax.Array:
+    """Logits [batch, q, vocab] for decoder inputs [batch, q]."""
+    batch, q = decoder_input_tokens.shape
+    cross_mask = masks.attention_mask(jnp.ones((batch, q), bool),
+                                      encoder_input_tokens > 0)
+    return self.decoder(
+        self.decoder.embed(decoder_input_tokens), positions=decoder_positions,
+        encoded=encoded, cross_mask=cross_mask, decode=decode,
+        deterministic=not enable_dropout)
+
+  def __call__(self, encoder_input_tokens: jax.Array,
+               decoder_input_tokens: jax.Array,
+               decoder_target_tokens: Optional[jax.Array] = None, *,
+               enable_dropout: bool = False,
+               decode: bool = False) -> jax.Array:
+    del decoder_target_tokens  # causal masking keeps real tokens off padding
+    encoded = self.encode(encoder_input_tokens, enable_dropout=enable_dropout)
+    return self.decode(encoded, encoder_input_tokens, decoder_input_tokens,
+                       enable_dropout=enable_dropout, decode=decode)
+
+
+class DecoderOnly(nn.Module):
+  """Decoder-only LM: T5X-style (relative bias, prefix LM) or GPT-2 family."""
+
+  config: TransformerConfig
+
+  def setup(self):
+    self.decoder = Decoder(self.config, has_cross_attention=False)
+
+  def __call__(self, decoder_input_tokens: jax.Array,
+               decoder_target_tokens: Optional[jax.Array] = None, *,
+               decoder_causal_attention: Optional[jax.Array] = None,
+               decoder_positions: Optional[jax.Array] = None,
+               enable_dropout: bool = False, decode: bool = False,
+               cache_advance: Optional[jax.Array] = None) -> jax.Array:
+    """Logits [batch, q, vocab] for inputs [batch, q].
+
+    `decoder_causal_attention` [batch, q] marks the prefix-LM input region; it
+    only changes the mask when `config.prefix_lm` is set.
+    """
+    del decoder_target_tokens
+    batch, q = decoder_input_tokens.shape
+    region = decoder_causal_attention if self.config.prefix_lm else None
+    return self.decoder(
+        self.decoder.embed(decoder_input_tokens), positions=decoder_positions,
+        self_mask=masks.decoder_self_mask(batch, q, region), decode=decode,
+        cache_advance=cache_advance, deterministic=not enable_dropout)
+
+
+def build_module(config: TransformerConfig) -> nn.Module:
+  """The network for a config."""
+  if config.architecture == "encoder_decoder":
+    return EncoderDecoder(config)
+  return DecoderOnly(config)

@@ -1,0 +1,64 @@
+"""Installs `prompt_tuning`, with `tasks/` and `gin/` inside it.
+
+The repository keeps seqio tasks in top-level `tasks/` and gin files in
+top-level `gin/` (T5X habit); they install as `prompt_tuning.tasks` and
+`prompt_tuning.gin` so nothing named `tasks` lands in site-packages and the
+binaries find their gin files without `--gin_search_paths`. Works for both
+`pip install .` and `pip install -e .`.
+"""
+
+import setuptools
+
+# Lower bound: the API level the code relies on; upper bound: below the next
+# release series that may break it (a minor for 0.x packages, else a major).
+# Resolved together on Python 3.11: jax 0.10.2, flax 0.12.8, optax 0.2.8,
+# orbax-checkpoint 0.12.8, seqio 0.0.20, tensorflow-datasets 4.9.10, ...
+INSTALL_REQUIRES = [
+    "jax>=0.10.0,<0.11",  # flax 0.12.8 needs jax>=0.10.0.
+    "flax>=0.12.0,<0.13",
+    "optax>=0.2.0,<0.3",
+    "orbax-checkpoint>=0.12.0,<0.13",
+    "gin-config>=0.5.0,<0.6",
+    "seqio>=0.0.20,<0.1",  # Pulls tensorflow-text, hence tensorflow.
+    "tensorflow-datasets>=4.9.0,<5",
+    "sacrebleu>=2.0.0,<3",  # 2.0 introduced the metrics.BLEU API.
+    "tensorstore>=0.1.84,<0.2",  # orbax-checkpoint 0.12.8 needs >=0.1.84.
+    "msgpack>=1.0.0,<2",  # 1.0 changed unpacking defaults (raw=False).
+    "numpy>=2.0,<3",  # jax 0.10 needs numpy>=2.0.
+    "sentencepiece>=0.2.0,<0.3",  # seqio 0.0.20 needs >=0.2.
+    "ml-dtypes>=0.5.0,<0.7",  # jax 0.10 needs >=0.5.0.
+]
+
+TEST_REQUIRES = [
+    "pytest>=8.0,<10",
+    # The CPU wheel; on these machines pip takes it from a local file.
+    "torch==2.13.0",
+    "transformers>=5.0,<6",
+    "peft>=0.21.0,<0.22",
+    "safetensors>=0.8.0,<0.9",  # transformers 5.23 needs >=0.8.0.
+]
+
+setuptools.setup(
+    name="prompt_tuning",
+    version="0.1.0",
+    description=(
+        "Steer frozen pretrained language models with small learned"
+        " parameters: prompt tuning, prefix tuning, MSP, multitask prompts."
+    ),
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    license="Apache-2.0",
+    python_requires=">=3.11",  # jax 0.10, flax 0.12, orbax 0.12.8 need 3.11.
+    packages=(
+        setuptools.find_packages(include=["prompt_tuning", "prompt_tuning.*"])
+        + ["prompt_tuning.tasks", "prompt_tuning.gin"]
+    ),
+    package_dir={
+        "prompt_tuning.tasks": "tasks",
+        "prompt_tuning.gin": "gin",
+    },
+    package_data={"prompt_tuning.gin": ["**/*.gin"]},
+    include_package_data=False,
+    install_requires=INSTALL_REQUIRES,
+    extras_require={"test": TEST_REQUIRES},
+)

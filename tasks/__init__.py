@@ -1,0 +1,1 @@
+"""seqio tasks live here; registered by later issues."""
