@@ -1,11 +1,19 @@
 """Installs `prompt_tuning`, with `tasks/` and `gin/` inside it.
 
 The repository keeps seqio tasks in top-level `tasks/` and gin files in
-top-level `gin/` (T5X habit); they install as `prompt_tuning.tasks` and
-`prompt_tuning.gin` so nothing named `tasks` lands in site-packages and the
-binaries find their gin files without `--gin_search_paths`. Works for both
-`pip install .` and `pip install -e .`.
+top-level `gin/` (T5X habit). They install as `prompt_tuning.tasks` and
+`prompt_tuning/gin/`, so nothing named `tasks` lands in site-packages and the
+binaries find their gin files without `--gin_search_paths`, for both
+`pip install .` and `pip install -e .`:
+
+* `tasks/` is a package mapped through `package_dir`.
+* `gin/` is data, reached through the symlink `prompt_tuning/gin -> ../gin`.
+  It must not hold an `__init__.py`: from the repository root that would make
+  it shadow the `gin` of gin-config. An editable install cannot map a folder
+  without `__init__.py` to a subpackage, hence the symlink.
 """
+
+import pathlib
 
 import setuptools
 
@@ -45,19 +53,17 @@ setuptools.setup(
         "Steer frozen pretrained language models with small learned"
         " parameters: prompt tuning, prefix tuning, MSP, multitask prompts."
     ),
-    long_description=open("README.md", encoding="utf-8").read(),
+    long_description=pathlib.Path(__file__).with_name("README.md").read_text(
+        encoding="utf-8"),
     long_description_content_type="text/markdown",
     license="Apache-2.0",
     python_requires=">=3.11",  # jax 0.10, flax 0.12, orbax 0.12.8 need 3.11.
     packages=(
         setuptools.find_packages(include=["prompt_tuning", "prompt_tuning.*"])
-        + ["prompt_tuning.tasks", "prompt_tuning.gin"]
+        + ["prompt_tuning.tasks"]
     ),
-    package_dir={
-        "prompt_tuning.tasks": "tasks",
-        "prompt_tuning.gin": "gin",
-    },
-    package_data={"prompt_tuning.gin": ["**/*.gin"]},
+    package_dir={"prompt_tuning.tasks": "tasks"},
+    package_data={"prompt_tuning": ["gin/**/*.gin"]},
     include_package_data=False,
     install_requires=INSTALL_REQUIRES,
     extras_require={"test": TEST_REQUIRES},

@@ -69,15 +69,16 @@ class BaseModel:
           f"batch lacks {missing}; {type(self).__name__} needs the T5X "
           f"features {list(required)} (got {sorted(batch)}).")
 
-  def _logits(self, params: Params, batch: Batch,
-              dropout_rng: Optional[jax.Array]) -> jax.Array:
+  def compute_logits(self, params: Params, batch: Batch,
+                     dropout_rng: Optional[jax.Array] = None) -> jax.Array:
+    """float32 logits [batch, length, vocab]; dropout iff an rng is given."""
     raise NotImplementedError
 
   def loss_fn(self, params: Params, batch: Batch,
               dropout_rng: Optional[jax.Array]
               ) -> tuple[jax.Array, dict[str, jax.Array]]:
     """Weighted token cross-entropy (+ z-loss); dropout iff an rng is given."""
-    logits = self._logits(params, batch, dropout_rng)
+    logits = self.compute_logits(params, batch, dropout_rng)
     targets = batch["decoder_target_tokens"]
     weights = losses.maybe_weights(targets, batch.get("decoder_loss_weights"))
     loss, z_loss, weight_sum = losses.weighted_cross_entropy(
@@ -97,7 +98,7 @@ class BaseModel:
     """Per-example summed log-likelihood of the weighted targets: [batch]."""
     if return_intermediates:
       raise NotImplementedError("return_intermediates is not supported yet.")
-    logits = self._logits(params, batch, None)
+    logits = self.compute_logits(params, batch, None)
     targets = batch["decoder_target_tokens"]
     weights = losses.maybe_weights(targets, batch.get("decoder_loss_weights"))
     return jnp.sum(losses.token_log_likelihood(logits, targets) * weights, -1)
@@ -141,7 +142,7 @@ class EncoderDecoderModel(BaseModel):
         rng, jnp.ones(input_shapes["encoder_input_tokens"], jnp.int32),
         jnp.ones(input_shapes["decoder_input_tokens"], jnp.int32))
 
-  def _logits(self, params, batch, dropout_rng):
+  def compute_logits(self, params, batch, dropout_rng=None):
     self._check_batch(batch, self.FEATURES)
     rngs = {"dropout": dropout_rng} if dropout_rng is not None else None
     return self.module.apply(
@@ -188,7 +189,7 @@ class DecoderOnlyModel(BaseModel):
     return self.module.init(
         rng, jnp.ones(input_shapes["decoder_input_tokens"], jnp.int32))
 
-  def _logits(self, params, batch, dropout_rng):
+  def compute_logits(self, params, batch, dropout_rng=None):
     self._check_batch(batch, self.FEATURES)
     rngs = {"dropout": dropout_rng} if dropout_rng is not None else None
     return self.module.apply(

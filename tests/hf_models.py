@@ -12,6 +12,7 @@ written in `fmt`:
   "bin_sharded"  pytorch_model-0000k-of-0000n.bin + pytorch_model.bin.index.json
   "bf16"         safetensors with every weight in bfloat16 (the torch model is
                  cast too, so its state dict is the reference)
+  "bf16_bin"     pytorch_model.bin in bfloat16
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import os
 import torch
 import transformers
 
-FORMATS = ("safetensors", "sharded", "bin", "bin_sharded", "bf16")
+FORMATS = ("safetensors", "sharded", "bin", "bin_sharded", "bf16", "bf16_bin")
 _SHARD_BYTES = 20_000  # splits each tiny model into several shards
 
 
@@ -84,13 +85,16 @@ def tiny_gpt2(tmp_path, fmt: str = "safetensors"):
 
 
 def _save(model, path: str, fmt: str) -> str:
+  if fmt not in FORMATS:
+    raise ValueError(f"fmt={fmt!r}; use one of {FORMATS}.")
+  if fmt.startswith("bf16"):
+    model.to(torch.bfloat16)
+    fmt = {"bf16": "safetensors", "bf16_bin": "bin"}[fmt]
   if fmt == "safetensors":
     model.save_pretrained(path)
   elif fmt == "sharded":
     model.save_pretrained(path, max_shard_size=_SHARD_BYTES)
     assert os.path.isfile(os.path.join(path, "model.safetensors.index.json"))
-  elif fmt == "bf16":
-    model.to(torch.bfloat16).save_pretrained(path)
   elif fmt in ("bin", "bin_sharded"):
     os.makedirs(path, exist_ok=True)
     model.config.save_pretrained(path)
@@ -99,8 +103,6 @@ def _save(model, path: str, fmt: str) -> str:
       torch.save(state, os.path.join(path, "pytorch_model.bin"))
     else:
       _save_bin_shards(state, path)
-  else:
-    raise ValueError(f"fmt={fmt!r}; use one of {FORMATS}.")
   return path
 
 
@@ -112,6 +114,7 @@ def _save_bin_shards(state, path: str) -> None:
       size = 0
     shards[-1][name] = t
     size += t.numel() * t.element_size()
+  assert len(shards) > 1
   weight_map = {}
   for k, shard in enumerate(shards):
     file = f"pytorch_model-{k + 1:05d}-of-{len(shards):05d}.bin"

@@ -1,4 +1,4 @@
-"""Hugging Face checkpoint dirs read into our names, against the torch models."""
+"""HF checkpoint dirs read into our names, checked against the torch models."""
 
 import json
 import os
@@ -8,6 +8,7 @@ import pytest
 
 from prompt_tuning.checkpoints import hf
 from prompt_tuning.checkpoints import lazy
+from prompt_tuning.models import configs
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
@@ -175,7 +176,6 @@ _V4_T5 = {"model_type": "t5", "vocab_size": 32128, "d_model": 512,
 
 
 def test_config_transformers4_t5_v1_1_matches_preset():
-  from prompt_tuning.models import configs  # pylint: disable=g-import-not-at-top
   assert hf.config_from_hf(_V4_T5) == configs.t5_1_1("small")
   mt5 = {**_V4_T5, "model_type": "mt5", "vocab_size": 250112}
   assert hf.config_from_hf(mt5) == configs.mt5("small")
@@ -195,7 +195,7 @@ def test_config_transformers4_t5_v1_0():
 
 
 @pytest.mark.parametrize("proj,activations", [
-    ("relu", ("relu",)), ("gelu", ("gelu",)),
+    ("relu", ("relu",)), ("gelu", ("gelu_exact",)),
     ("gated-gelu", ("gelu", "linear")), ("gated-relu", ("relu", "linear")),
     ("gated-silu", ("silu", "linear"))])
 def test_config_t5_activations(proj, activations):
@@ -242,7 +242,7 @@ def test_every_param_maps_exactly(tmp_path, kind, fmt):
   assert hf.is_hf_checkpoint(path)
   config, params = hf.read_hf_checkpoint(path)
   assert config.logits_via_embedding == (kind != "t5_v1_1")
-  if fmt == "bf16":
+  if fmt.startswith("bf16"):
     assert all(p.dtype == np.dtype("bfloat16") for p in params.values())
   else:
     assert all(p.dtype == np.float32 for p in params.values())
@@ -260,7 +260,7 @@ def test_t5_v1_1_head_really_untied(tmp_path):
       _np(model.lm_head.weight).T)
 
 
-@pytest.mark.parametrize("fmt", ["safetensors", "bin", "bf16"])
+@pytest.mark.parametrize("fmt", ["safetensors", "bin", "bf16", "bf16_bin"])
 @pytest.mark.parametrize("kind,name", [
     ("t5_v1_1", "encoder/layers_1/attention/query/kernel"),  # Transposed
     ("t5_v1_1", "decoder/logits_dense/kernel"),

@@ -47,6 +47,17 @@ def test_gin_search_path_holds_the_gin_dirs():
   assert (root / "models").is_dir(), f"no models/ under {root}"
 
 
+def test_repo_gin_dir_does_not_shadow_gin_config():
+  # From the repository root (`python -m prompt_tuning.forward`), `import gin`
+  # must still be gin-config: gin/ must never get an __init__.py.
+  source_root = pathlib.Path(prompt_tuning.__file__).resolve().parents[1]
+  out = _run_python(
+      "import gin; print(hasattr(gin, 'configurable'), gin.__file__)",
+      cwd=source_root,
+  )
+  assert out.startswith("True"), f"`import gin` found {out.split()[-1]}"
+
+
 def test_gin_search_path_found_outside_the_repo(tmp_path):
   out = _run_python(
       "from prompt_tuning import gin_paths; print(gin_paths.gin_search_path())",

@@ -44,12 +44,12 @@ def is_hf_checkpoint(path: str | os.PathLike) -> bool:
 
 # HF activation names -> ours. HF's T5 "gated-gelu" means gelu_new (the tanh
 # approximation), which is jax.nn.gelu's default and T5X's "gelu"; so the T5
-# family keeps T5X's name and GPT-2 keeps HF's. Note HF's plain "gelu" is the
-# exact erf form.
-_T5_ACTIVATIONS = {"relu": "relu", "gelu": "gelu", "gelu_new": "gelu",
+# family keeps T5X's name and GPT-2 keeps HF's. HF's plain "gelu" is the
+# exact erf form: our "gelu_exact".
+_T5_ACTIVATIONS = {"relu": "relu", "gelu": "gelu_exact", "gelu_new": "gelu",
                    "silu": "silu", "swish": "silu"}
 _GPT2_ACTIVATIONS = {"gelu_new": "gelu_new", "gelu_pytorch_tanh": "gelu_new",
-                     "gelu": "gelu", "relu": "relu", "silu": "silu",
+                     "gelu": "gelu_exact", "relu": "relu", "silu": "silu",
                      "swish": "silu"}
 
 
@@ -98,6 +98,8 @@ def _t5_config(c: Mapping[str, Any],
   proj = c.get("feed_forward_proj", "relu")
   gated = proj.startswith("gated-")
   act = proj[len("gated-"):] if gated else proj
+  if proj == "gated-gelu":
+    act = "gelu_new"  # HF's historical special case: tanh, not exact, GELU
   if act not in _T5_ACTIVATIONS:
     raise ValueError(
         f"config.json has feed_forward_proj={proj!r}; supported are "

@@ -15,7 +15,7 @@ import jax.numpy as jnp
 
 Architecture = Literal["encoder_decoder", "decoder_only"]
 
-_ACTIVATIONS = ("relu", "gelu", "gelu_new", "linear", "silu")
+_ACTIVATIONS = ("relu", "gelu", "gelu_new", "gelu_exact", "linear", "silu")
 
 
 @gin.configurable
@@ -178,3 +178,52 @@ _GPT2_SIZES = {
     "large": (1280, 20, 36),
     "xl": (1600, 25, 48),
 }
+
+
+def from_gin(name_or_path: str) -> TransformerConfig:
+  """The config a gin model file binds, e.g. "t5_1_1_base" or a .gin path.
+
+  Shipped names resolve under the installed gin/models/. The file is parsed
+  in isolation: bindings already in gin's global state neither leak into the
+  result nor get changed by it.
+  """
+  import os  # pylint: disable=g-import-not-at-top
+  from prompt_tuning import gin_paths  # pylint: disable=g-import-not-at-top
+  search_path = gin_paths.gin_search_path()
+  path = name_or_path
+  if not os.path.isfile(path):
+    path = os.path.join(search_path, "models", f"{name_or_path}.gin")
+    if not os.path.isfile(path):
+      shipped = sorted(f[:-4] for f in os.listdir(
+          os.path.join(search_path, "models")) if f.endswith(".gin"))
+      raise FileNotFoundError(
+          f"no gin model file {name_or_path!r}: not a file, and not one of "
+          f"the shipped models {shipped}.")
+  with _isolated_gin_config() as gin_config:
+    # Only the shipped dir: includes like 'models/t5_1_1.gin' resolve there.
+    gin_config._LOCATION_PREFIXES[:] = [search_path]  # pylint: disable=protected-access
+    gin.parse_config_file(path)
+    return TransformerConfig()
+
+
+class _isolated_gin_config:  # pylint: disable=invalid-name
+  """Snapshot/restore of gin's global bindings around a private parse."""
+
+  def __enter__(self):
+    import copy  # pylint: disable=g-import-not-at-top
+    from gin import config as gin_config  # pylint: disable=g-import-not-at-top
+    self._module = gin_config
+    self._saved = (copy.deepcopy(gin_config._CONFIG),  # pylint: disable=protected-access
+                   list(gin_config._LOCATION_PREFIXES))  # pylint: disable=protected-access
+    self._unlock = gin.unlock_config()
+    self._unlock.__enter__()
+    gin_config._CONFIG.clear()  # pylint: disable=protected-access
+    return gin_config
+
+  def __exit__(self, *exc):
+    config, prefixes = self._saved
+    self._module._CONFIG.clear()  # pylint: disable=protected-access
+    self._module._CONFIG.update(config)  # pylint: disable=protected-access
+    self._module._LOCATION_PREFIXES[:] = prefixes  # pylint: disable=protected-access
+    self._unlock.__exit__(*exc)
+    return False

@@ -25,6 +25,7 @@ _ACTIVATION_FNS = {
     # "gelu_new" (used by GPT-2 and by T5's gated-gelu) are both this one.
     "gelu": lambda x: jax.nn.gelu(x, approximate=True),
     "gelu_new": lambda x: jax.nn.gelu(x, approximate=True),
+    "gelu_exact": lambda x: jax.nn.gelu(x, approximate=False),  # HF "gelu"
     "relu": jax.nn.relu,
     "silu": jax.nn.silu,
     "linear": lambda x: x,

@@ -1,1 +1,0 @@
-"""Gin files (models/, methods/, runs/), installed as `prompt_tuning.gin`."""

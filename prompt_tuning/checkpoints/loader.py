@@ -1,0 +1,218 @@
+"""`load_pretrained`: one entry point for T5X, Orbax and Hugging Face bases.
+
+Every format becomes named arrays in our parameter layout; they are checked
+against the network's expected names and shapes, then materialised straight
+into their target shardings with `jax.make_array_from_callback`, so each
+process reads only the slices its own devices hold.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from typing import Any, Optional, Union
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from prompt_tuning import model_wrappers
+from prompt_tuning import partitioning
+from prompt_tuning.checkpoints import hf
+from prompt_tuning.checkpoints import lazy
+from prompt_tuning.checkpoints import orbax_params
+from prompt_tuning.checkpoints import t5x
+from prompt_tuning.models import configs
+from prompt_tuning.models.configs import TransformerConfig
+
+ConfigLike = Union[None, TransformerConfig, str]
+
+
+def detect_format(path: str) -> str:
+  """'hf', 't5x' or 'orbax'; a clear error for anything else."""
+  if not path.startswith("gs://") and not os.path.exists(path):
+    raise FileNotFoundError(
+        f"checkpoint path {path!r} does not exist; pass a Hugging Face model "
+        "dir (config.json + weights), a T5X checkpoint dir (checkpoint_N) or "
+        "an Orbax checkpoint dir.")
+  if not path.startswith("gs://") and hf.is_hf_checkpoint(path):
+    return "hf"
+  if t5x.is_t5x_checkpoint(path):
+    return "t5x"
+  if not path.startswith("gs://") and orbax_params.is_orbax_checkpoint(path):
+    return "orbax"
+  listing = (sorted(os.listdir(path))[:10]
+             if os.path.isdir(path) else "a file")
+  raise ValueError(
+      f"unknown checkpoint format at {path!r} (holds {listing}); expected a "
+      "Hugging Face dir (config.json + *.safetensors or pytorch_model.bin), a "
+      "T5X dir (msgpack file 'checkpoint') or an Orbax checkpoint.")
+
+
+def resolve_config(config: ConfigLike) -> Optional[TransformerConfig]:
+  """A TransformerConfig, a shipped gin model name, or a .gin path."""
+  if config is None or isinstance(config, TransformerConfig):
+    return config
+  if isinstance(config, str):
+    return configs.from_gin(config)
+  raise TypeError(f"config={config!r}; pass a TransformerConfig, a gin model "
+                  "name such as 't5_1_1_base', or a path to a .gin file.")
+
+
+def infer_t5x_config(shapes: dict[str, tuple[int, ...]]) -> TransformerConfig:
+  """Reads the architecture off a T5X tree's names and shapes.
+
+  Everything but relative_attention_max_distance (never stored) is in the
+  shapes; T5's default 128 is assumed for it, with a warning.
+  """
+  decoder_only = not any(n.startswith("encoder/") for n in shapes)
+  prefix = "decoder/" if decoder_only else ""
+  vocab, emb = shapes[f"{prefix}token_embedder/embedding"]
+  heads, buckets = shapes["decoder/relpos_bias/rel_embedding"]
+  joined = shapes["decoder/layers_0/self_attention/query/kernel"][1]
+  mlp_names = sorted(n.split("/")[-2] for n in shapes
+                     if n.startswith("decoder/layers_0/mlp/wi"))
+  mlp_dim = shapes[f"decoder/layers_0/mlp/{mlp_names[0]}/kernel"][1]
+  count = lambda stack: len({m.group(1) for n in shapes for m in [
+      re.match(rf"{stack}/layers_(\d+)/", n)] if m})
+  activations = ("gelu", "linear") if mlp_names == ["wi_0", "wi_1"] else (
+      ("relu",) if mlp_names == ["wi"] else None)
+  if activations is None:
+    raise ValueError(f"cannot tell the MLP activations from {mlp_names}; "
+                     "pass config= (a gin model name or TransformerConfig).")
+  logging.warning(
+      "Inferred the architecture from T5X shapes; relative_attention_max_"
+      "distance is not stored and is assumed to be 128. Pass config= to set "
+      "it.")
+  return TransformerConfig(
+      architecture="decoder_only" if decoder_only else "encoder_decoder",
+      vocab_size=vocab, emb_dim=emb, num_heads=heads,
+      head_dim=joined // heads, mlp_dim=mlp_dim,
+      num_encoder_layers=0 if decoder_only else count("encoder"),
+      num_decoder_layers=count("decoder"), mlp_activations=activations,
+      relative_attention_num_buckets=buckets,
+      logits_via_embedding="decoder/logits_dense/kernel" not in shapes,
+      prefix_lm=decoder_only)
+
+
+def expected_params(model: model_wrappers.BaseModel) -> dict[str, Any]:
+  """{name: boxed ShapeDtypeStruct with logical names} for a model."""
+  if model.config.architecture == "encoder_decoder":
+    shapes = {"encoder_input_tokens": (1, 1), "decoder_input_tokens": (1, 1)}
+  else:
+    shapes = {"decoder_input_tokens": (1, 1)}
+  abstract = jax.eval_shape(
+      lambda: model.get_initial_variables(jax.random.PRNGKey(0), shapes))
+  return flax.traverse_util.flatten_dict(
+      abstract["params"], sep="/",
+      is_leaf=lambda _, x: isinstance(x, nn.LogicallyPartitioned))
+
+
+def check_names_and_shapes(found: dict[str, tuple[int, ...]],
+                           expected: dict[str, tuple[int, ...]],
+                           source: str) -> None:
+  """One error listing every missing, unexpected or mis-shaped parameter."""
+  problems = []
+  for name in sorted(set(expected) - set(found)):
+    problems.append(f"missing {name} {expected[name]}")
+  for name in sorted(set(found) - set(expected)):
+    problems.append(f"unexpected {name} {found[name]}")
+  for name in sorted(set(found) & set(expected)):
+    if tuple(found[name]) != tuple(expected[name]):
+      problems.append(f"{name}: checkpoint has shape {tuple(found[name])}, "
+                      f"the model expects {tuple(expected[name])}")
+  if problems:
+    raise ValueError(
+        f"{source} does not match the model architecture "
+        f"({len(problems)} problems): " + "; ".join(problems[:20])
+        + ("; ..." if len(problems) > 20 else "")
+        + ". Pass the matching config= (gin model name or TransformerConfig).")
+
+
+def _check_dtype(name: str, dtype: np.dtype) -> None:
+  if not (np.issubdtype(dtype, np.floating) or dtype == jnp.bfloat16):
+    raise TypeError(
+        f"{name} is stored as {dtype}, not a float type; this is not a model "
+        "weight we can load (re-export the checkpoint with float weights).")
+
+
+def load_pretrained(path: str, *, config: ConfigLike = None,
+                    method: Any = None, mesh: Optional[Mesh] = None,
+                    rules: partitioning.Rules = partitioning.LOGICAL_AXIS_RULES,
+                    param_dtype: str = "float32", **model_kwargs
+                    ) -> tuple[model_wrappers.BaseModel, dict[str, Any]]:
+  """Loads a frozen base: returns (T5X-interface model, {"params": ...}).
+
+  Args:
+    path: a Hugging Face dir, a T5X checkpoint (or run) dir, or an Orbax
+      checkpoint written by `orbax_params.save_params`.
+    config: the architecture, where the checkpoint does not say it all
+      (T5X): a TransformerConfig, a shipped gin model name or a .gin path.
+      Overrides what a Hugging Face config.json or Orbax metadata says.
+    method: a parameter-efficient method to attach (later issues); None gives
+      the plain frozen model.
+    mesh, rules: place every parameter with the sharding its logical axes
+      map to on `mesh` (default: the first device, unsharded).
+    param_dtype: dtype the weights are held in ("float32" or "bfloat16").
+    model_kwargs: forwarded to the wrapper (eos_id, label_smoothing, ...).
+  """
+  if method is not None:
+    raise NotImplementedError(
+        f"method={method!r}: parameter-efficient methods are not available "
+        "yet; load with method=None.")
+  fmt = detect_format(path)
+  config = resolve_config(config)
+  arrays: dict[str, lazy.LazyArray] = {}
+  if fmt == "hf":
+    hf_config, arrays = hf.read_hf_checkpoint(path)
+    config = config or hf_config
+    found = {n: a.shape for n, a in arrays.items()}
+  elif fmt == "t5x":
+    arrays = t5x.read_t5x_checkpoint(path)
+    found = {n: a.shape for n, a in arrays.items()}
+    config = config or infer_t5x_config(found)
+  else:
+    stored_config, metadata = orbax_params.read_metadata(path)
+    config = config or stored_config
+    if config is None:
+      raise ValueError(f"{path} stores no model config; pass config=.")
+    found = {n: shape for n, (shape, _) in metadata.items()}
+    for name, (_, dtype) in metadata.items():
+      _check_dtype(name, dtype)
+
+  model = model_wrappers.build_model(config, **model_kwargs)
+  expected = expected_params(model)
+  check_names_and_shapes(found, {n: b.value.shape for n, b in
+                                 expected.items()}, f"checkpoint {path!r}")
+  dtype = jnp.dtype(param_dtype)
+  shardings = _target_shardings(expected, mesh, rules)
+
+  if fmt == "orbax":
+    abstract = flax.traverse_util.unflatten_dict({
+        tuple(n.split("/")): jax.ShapeDtypeStruct(b.value.shape, dtype,
+                                                  sharding=shardings[n])
+        for n, b in expected.items()})
+    params = orbax_params.restore_params(path, abstract)
+  else:
+    flat = {}
+    for name, array in arrays.items():
+      _check_dtype(name, np.dtype(array.dtype))
+      flat[tuple(name.split("/"))] = jax.make_array_from_callback(
+          array.shape, shardings[name],
+          lambda index, a=array: np.asarray(a.read(index), dtype=dtype))
+    params = flax.traverse_util.unflatten_dict(flat)
+  return model, {"params": params}
+
+
+def _target_shardings(expected: dict[str, Any], mesh: Optional[Mesh],
+                      rules: partitioning.Rules) -> dict[str, NamedSharding]:
+  if mesh is None:
+    mesh = Mesh(np.asarray(jax.devices()[:1]).reshape(1, 1),
+                ("data", "model"))
+    return {n: NamedSharding(mesh, PartitionSpec()) for n in expected}
+  return {n: partitioning.logical_to_sharding(b.names, mesh, rules)
+          for n, b in expected.items()}

@@ -1,0 +1,72 @@
+"""Meshes and logical-axis rules: the same code on 1 CPU, 8 devices or a pod.
+
+Parameters and activations carry logical axis names; `LOGICAL_AXIS_RULES`
+maps them onto a ('data', 'model') mesh. Prompt axes always replicate.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional, Sequence
+
+import flax.linen as nn
+import gin
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+Rules = Sequence[tuple[str, Optional[str]]]
+
+LOGICAL_AXIS_RULES: Rules = (
+    ("batch", "data"),
+    ("vocab", "model"),
+    ("mlp", "model"),
+    ("heads", "model"),
+    ("joined_kv", "model"),
+    ("kv", None),
+    ("embed", None),
+    ("length", None),
+    ("relpos_buckets", None),
+    ("abspos_buckets", None),
+    ("prompt", None),
+    ("prompt_embed", None),
+    ("layers", None),
+    ("stages", None),
+)
+
+
+@gin.configurable
+def make_mesh(data: int = -1, model: int = 1,
+              devices: Optional[Sequence[jax.Device]] = None) -> Mesh:
+  """A ('data', 'model') mesh; data=-1 takes all devices left over."""
+  devices = list(jax.devices() if devices is None else devices)
+  if model <= 0 or len(devices) % model:
+    raise ValueError(
+        f"model={model} must divide the {len(devices)} available devices.")
+  if data == -1:
+    data = len(devices) // model
+  if data * model != len(devices):
+    raise ValueError(
+        f"mesh data={data} x model={model} = {data * model} devices, but "
+        f"{len(devices)} are available; set data=-1 to use them all.")
+  return Mesh(np.asarray(devices).reshape(data, model), ("data", "model"))
+
+
+def logical_to_sharding(names: Sequence[Optional[str]], mesh: Mesh,
+                        rules: Rules = LOGICAL_AXIS_RULES) -> NamedSharding:
+  """Logical names of one array -> its NamedSharding on `mesh`."""
+  spec = nn.logical_to_mesh_axes(tuple(names), rules)
+  return NamedSharding(mesh, spec)
+
+
+def shardings_for(boxed_tree: Any, mesh: Mesh,
+                  rules: Rules = LOGICAL_AXIS_RULES) -> Any:
+  """NamedSharding for every leaf of a tree of LogicallyPartitioned boxes.
+
+  Leaves without logical names replicate.
+  """
+  def one(leaf):
+    if isinstance(leaf, nn.LogicallyPartitioned):
+      return logical_to_sharding(leaf.names, mesh, rules)
+    return NamedSharding(mesh, PartitionSpec())
+  return jax.tree.map(one, boxed_tree,
+                      is_leaf=lambda x: isinstance(x, nn.LogicallyPartitioned))
