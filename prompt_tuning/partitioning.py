@@ -52,10 +52,25 @@ def make_mesh(data: int = -1, model: int = 1,
 
 
 def logical_to_sharding(names: Sequence[Optional[str]], mesh: Mesh,
-                        rules: Rules = LOGICAL_AXIS_RULES) -> NamedSharding:
-  """Logical names of one array -> its NamedSharding on `mesh`."""
-  spec = nn.logical_to_mesh_axes(tuple(names), rules)
-  return NamedSharding(mesh, spec)
+                        rules: Rules = LOGICAL_AXIS_RULES,
+                        shape: Optional[Sequence[int]] = None
+                        ) -> NamedSharding:
+  """Logical names of one array -> its NamedSharding on `mesh`.
+
+  Given the array's shape, a dimension that the mapped mesh axes do not
+  divide (e.g. 2 heads on a 4-way 'model' axis) is replicated instead, so a
+  small model still runs on a large mesh.
+  """
+  spec = list(nn.logical_to_mesh_axes(tuple(names), rules))
+  if shape is not None:
+    for dim, axes in enumerate(spec):
+      if axes is None:
+        continue
+      size = int(np.prod([mesh.shape[a] for a in
+                          (axes if isinstance(axes, tuple) else (axes,))]))
+      if shape[dim] % size:
+        spec[dim] = None
+  return NamedSharding(mesh, PartitionSpec(*spec))
 
 
 def shardings_for(boxed_tree: Any, mesh: Mesh,
@@ -66,7 +81,8 @@ def shardings_for(boxed_tree: Any, mesh: Mesh,
   """
   def one(leaf):
     if isinstance(leaf, nn.LogicallyPartitioned):
-      return logical_to_sharding(leaf.names, mesh, rules)
+      return logical_to_sharding(leaf.names, mesh, rules,
+                                 np.shape(leaf.value))
     return NamedSharding(mesh, PartitionSpec())
   return jax.tree.map(one, boxed_tree,
                       is_leaf=lambda x: isinstance(x, nn.LogicallyPartitioned))

@@ -214,5 +214,6 @@ def _target_shardings(expected: dict[str, Any], mesh: Optional[Mesh],
     mesh = Mesh(np.asarray(jax.devices()[:1]).reshape(1, 1),
                 ("data", "model"))
     return {n: NamedSharding(mesh, PartitionSpec()) for n in expected}
-  return {n: partitioning.logical_to_sharding(b.names, mesh, rules)
+  return {n: partitioning.logical_to_sharding(b.names, mesh, rules,
+                                             b.value.shape)
           for n, b in expected.items()}
