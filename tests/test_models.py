@@ -158,3 +158,27 @@ def test_relative_position_buckets_match_hf(bidirectional, num_buckets,
   np.testing.assert_array_equal(
       np.asarray(ours),
       _hf_bucket(relative, bidirectional, num_buckets, max_distance))
+
+
+@pytest.mark.parametrize("kind", ["rms", "layer"])
+def test_norms_match_torch_where_epsilon_matters(kind):
+  """Inputs with variance near epsilon make every term of the formula count."""
+  torch = pytest.importorskip("torch")
+  from transformers.models.t5 import modeling_t5  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(0)
+  x = (rng.normal(size=(3, 5, 8)) * 1e-3 + 2e-4).astype(np.float32)
+  scale = rng.normal(size=(8,)).astype(np.float32)
+  bias = rng.normal(size=(8,)).astype(np.float32)
+  epsilon = 1e-6
+  if kind == "rms":
+    ref_module = modeling_t5.T5LayerNorm(8, eps=epsilon)
+    params = {"scale": scale}
+  else:
+    ref_module = torch.nn.LayerNorm(8, eps=epsilon)
+    ref_module.bias.data = torch.tensor(bias)
+    params = {"scale": scale, "bias": bias}
+  ref_module.weight.data = torch.tensor(scale)
+  with torch.no_grad():
+    ref = ref_module(torch.tensor(x)).numpy()
+  ours = layers.Norm(kind, epsilon).apply({"params": params}, jnp.asarray(x))
+  np.testing.assert_allclose(ours, ref, rtol=1e-5, atol=1e-6)
