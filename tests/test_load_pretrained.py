@@ -49,12 +49,16 @@ def test_t5x_architecture_is_inferred_from_shapes(shared_fixtures):
       relative_attention_max_distance=128)
 
 
-def test_bfloat16_t5x_checkpoint_loads_into_bfloat16(tmp_path):
-  config = configs.t5_1_1("tiny", vocab_size=64)
+def _random_params(config):
   model = pt.build_model(config)
-  params = jax.device_get(flax.linen.meta.unbox(model.get_initial_variables(
+  return jax.device_get(flax.linen.meta.unbox(model.get_initial_variables(
       jax.random.PRNGKey(0), {"encoder_input_tokens": (1, 2),
                               "decoder_input_tokens": (1, 2)})["params"]))
+
+
+def test_bfloat16_t5x_checkpoint_loads_into_bfloat16(tmp_path):
+  config = configs.t5_1_1("tiny", vocab_size=64)
+  params = _random_params(config)
   path = t5x.write_t5x_checkpoint(params, str(tmp_path / "checkpoint_1"),
                                   dtype="bfloat16", compression="zstd")
   _, variables = pt.load_pretrained(path, config=config,
@@ -133,10 +137,7 @@ def test_missing_parameter_is_named(shared_fixtures):
 
 def test_integer_weights_are_a_dtype_error(tmp_path):
   config = configs.t5_1_1("tiny", vocab_size=64)
-  model = pt.build_model(config)
-  params = jax.device_get(flax.linen.meta.unbox(model.get_initial_variables(
-      jax.random.PRNGKey(0), {"encoder_input_tokens": (1, 2),
-                              "decoder_input_tokens": (1, 2)})["params"]))
+  params = _random_params(config)
   params["encoder"]["encoder_norm"]["scale"] = np.ones((4,), np.int32)
   path = t5x.write_t5x_checkpoint(params, os.path.join(tmp_path, "c_1"))
   with pytest.raises(TypeError, match="encoder/encoder_norm/scale.*int32"):

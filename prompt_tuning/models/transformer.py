@@ -49,6 +49,32 @@ def _batch_positions(batch: int, length: int) -> jax.Array:
                           (batch, length))
 
 
+def _attention_sublayer(cfg: TransformerConfig, x: jax.Array,
+                        inputs_kv: Optional[jax.Array], *, norm_name: str,
+                        attention_name: str, deterministic: bool,
+                        **attention_kwargs) -> jax.Array:
+  """x + dropout(attention(norm(x), ...)); self-attention if inputs_kv None.
+
+  Called inside a layer's compact method, so the modules belong to it.
+  """
+  h = _norm(cfg, norm_name)(x)
+  h, _ = _attention(cfg, attention_name)(
+      h, h if inputs_kv is None else inputs_kv, deterministic=deterministic,
+      **attention_kwargs)
+  return x + nn.Dropout(cfg.dropout_rate)(h, deterministic=deterministic)
+
+
+def _mlp_sublayer(cfg: TransformerConfig, x: jax.Array,
+                  deterministic: bool) -> jax.Array:
+  """x + dropout(mlp(norm(x)))."""
+  h = _norm(cfg, "pre_mlp_layer_norm")(x)
+  h = layers.MlpBlock(cfg.mlp_dim, cfg.mlp_activations, cfg.use_bias,
+                      cfg.dropout_rate, cfg.activation_dtype, name="mlp")(
+                          h, deterministic)
+  x = x + nn.Dropout(cfg.dropout_rate)(h, deterministic=deterministic)
+  return nn.with_logical_constraint(x, ACTIVATION_AXES)
+
+
 class EncoderLayer(nn.Module):
   """Pre-norm self-attention + MLP, each with a residual connection."""
 
@@ -58,18 +84,11 @@ class EncoderLayer(nn.Module):
   def __call__(self, x: jax.Array, *, mask: jax.Array,
                bias: Optional[jax.Array], deterministic: bool) -> jax.Array:
     """x: [batch, length, embed] -> same."""
-    cfg = self.config
-    dropout = nn.Dropout(cfg.dropout_rate)
-    h = _norm(cfg, "pre_attention_layer_norm")(x)
-    h, _ = _attention(cfg, "attention")(
-        h, h, mask=mask, bias=bias, deterministic=deterministic)
-    x = x + dropout(h, deterministic=deterministic)
-    h = _norm(cfg, "pre_mlp_layer_norm")(x)
-    h = layers.MlpBlock(cfg.mlp_dim, cfg.mlp_activations, cfg.use_bias,
-                        cfg.dropout_rate, cfg.activation_dtype, name="mlp")(
-                            h, deterministic)
-    x = x + dropout(h, deterministic=deterministic)
-    return nn.with_logical_constraint(x, ACTIVATION_AXES)
+    x = _attention_sublayer(
+        self.config, x, None, norm_name="pre_attention_layer_norm",
+        attention_name="attention", mask=mask, bias=bias,
+        deterministic=deterministic)
+    return _mlp_sublayer(self.config, x, deterministic)
 
 
 class DecoderLayer(nn.Module):
@@ -86,23 +105,16 @@ class DecoderLayer(nn.Module):
                deterministic: bool) -> jax.Array:
     """x: [batch, q, embed]; encoded: [batch, k, embed] -> [batch, q, embed]."""
     cfg = self.config
-    dropout = nn.Dropout(cfg.dropout_rate)
-    h = _norm(cfg, "pre_self_attention_layer_norm")(x)
-    h, _ = _attention(cfg, "self_attention")(
-        h, h, mask=mask, bias=bias, cache_slots=cache_slots,
-        deterministic=deterministic)
-    x = x + dropout(h, deterministic=deterministic)
+    x = _attention_sublayer(
+        cfg, x, None, norm_name="pre_self_attention_layer_norm",
+        attention_name="self_attention", mask=mask, bias=bias,
+        cache_slots=cache_slots, deterministic=deterministic)
     if self.has_cross_attention:
-      h = _norm(cfg, "pre_cross_attention_layer_norm")(x)
-      h, _ = _attention(cfg, "encoder_decoder_attention")(
-          h, encoded, mask=cross_mask, deterministic=deterministic)
-      x = x + dropout(h, deterministic=deterministic)
-    h = _norm(cfg, "pre_mlp_layer_norm")(x)
-    h = layers.MlpBlock(cfg.mlp_dim, cfg.mlp_activations, cfg.use_bias,
-                        cfg.dropout_rate, cfg.activation_dtype, name="mlp")(
-                            h, deterministic)
-    x = x + dropout(h, deterministic=deterministic)
-    return nn.with_logical_constraint(x, ACTIVATION_AXES)
+      x = _attention_sublayer(
+          cfg, x, encoded, norm_name="pre_cross_attention_layer_norm",
+          attention_name="encoder_decoder_attention", mask=cross_mask,
+          deterministic=deterministic)
+    return _mlp_sublayer(cfg, x, deterministic)
 
 
 class Encoder(nn.Module):
