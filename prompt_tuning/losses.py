@@ -43,9 +43,9 @@ def weighted_cross_entropy(
   target_log_prob = jnp.take_along_axis(log_probs, targets[..., None],
                                         axis=-1)[..., 0]
   if label_smoothing:
-    mean_log_prob = jnp.sum(log_probs, axis=-1)
+    sum_log_prob = jnp.sum(log_probs, axis=-1)
     smoothed = (confidence * target_log_prob
-                + low * (mean_log_prob - target_log_prob))
+                + low * (sum_log_prob - target_log_prob))
     token_loss = -smoothed - normalizer
   else:
     token_loss = -target_log_prob

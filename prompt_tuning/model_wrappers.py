@@ -107,9 +107,27 @@ class BaseModel:
                     rng: Optional[jax.Array] = None) -> jax.Array:
     return self.predict_batch_with_aux(params, batch, rng)[0]
 
-  def predict_batch_with_aux(self, params: Params, batch: Batch,
-                             rng: Optional[jax.Array] = None, **kwargs
-                             ) -> tuple[jax.Array, dict[str, jax.Array]]:
+  def predict_batch_with_aux(
+      self, params: Params, batch: Batch, rng: Optional[jax.Array] = None,
+      decoder_params: Optional[Mapping[str, Any]] = None,
+      return_all_decodes: bool = False, num_decodes: int = 1,
+      prompt_with_targets: bool = False
+  ) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """Decodes; returns (tokens [batch, length], {"scores": [batch]}).
+
+    T5X's signature. `decoder_params` overrides `decoding_options` fields
+    (temperature, topk, topp) for this call.
+    """
+    if num_decodes != 1 or return_all_decodes:
+      raise NotImplementedError(
+          f"num_decodes={num_decodes}, return_all_decodes="
+          f"{return_all_decodes}: only one decode per example (greedy or "
+          "sampled) is available; beam search is not implemented yet.")
+    options = dataclasses.replace(self.decoding_options,
+                                  **dict(decoder_params or {}))
+    return self._predict(params, batch, rng, options, prompt_with_targets)
+
+  def _predict(self, params, batch, rng, options, prompt_with_targets):
     raise NotImplementedError
 
   def _init_cache(self, apply_fn, *args, **kwargs) -> Any:
@@ -119,8 +137,7 @@ class BaseModel:
     return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes["cache"])
 
   def _sample(self, step_fn, first_logits, cache, max_decode_len, budgets,
-              rng):
-    opts = self.decoding_options
+              rng, opts: DecodingOptions):
     return decoding.temperature_sample(
         step_fn, first_logits, cache, max_decode_len=max_decode_len,
         eos_id=self.eos_id, budgets=budgets, rng=rng,
@@ -150,9 +167,11 @@ class EncoderDecoderModel(BaseModel):
         batch["decoder_input_tokens"], batch["decoder_target_tokens"],
         enable_dropout=dropout_rng is not None, rngs=rngs)
 
-  def predict_batch_with_aux(self, params, batch, rng=None, **kwargs):
+  def _predict(self, params, batch, rng, options, prompt_with_targets):
     """Decodes up to len(decoder_target_tokens) tokens after BOS (id 0)."""
-    del kwargs
+    if prompt_with_targets:
+      raise ValueError("prompt_with_targets applies to decoder-only models; "
+                       "an encoder-decoder's outputs hold no prompt.")
     self._check_batch(batch, ("encoder_input_tokens",))
     inputs = batch["encoder_input_tokens"]
     target_shape = batch.get("decoder_target_tokens",
@@ -175,7 +194,7 @@ class EncoderDecoderModel(BaseModel):
 
     first_logits, cache = step(jnp.zeros((batch_size, 1), jnp.int32), cache)
     tokens, scores = self._sample(step, first_logits, cache, max_len, None,
-                                  rng)
+                                  rng, options)
     return tokens, {"scores": scores}
 
 
@@ -198,13 +217,13 @@ class DecoderOnlyModel(BaseModel):
         decoder_positions=batch.get("decoder_positions"),
         enable_dropout=dropout_rng is not None, rngs=rngs)
 
-  def predict_batch_with_aux(self, params, batch, rng=None, **kwargs):
+  def _predict(self, params, batch, rng, options, prompt_with_targets):
     """Continues each prompt up to the feature length.
 
     The prompt of each example is where `decoder_causal_attention` is 1
-    (T5X's convention); outputs [batch, length] hold only the new tokens.
+    (T5X's convention); outputs [batch, length] hold only the new tokens, or
+    with `prompt_with_targets` the prompt followed by them.
     """
-    del kwargs
     self._check_batch(batch, ("decoder_input_tokens",
                               "decoder_causal_attention"))
     region = batch["decoder_causal_attention"].astype(jnp.int32)
@@ -229,7 +248,12 @@ class DecoderOnlyModel(BaseModel):
       return logits[:, -1], state["cache"]
 
     tokens, scores = self._sample(step, first_logits, state["cache"], length,
-                                  length - prompt_lengths, rng)
+                                  length - prompt_lengths, rng, options)
+    if prompt_with_targets:
+      # Shift each row's new tokens right by its prompt length.
+      index = jnp.arange(length)[None, :] - prompt_lengths[:, None]
+      shifted = jnp.take_along_axis(tokens, jnp.clip(index, 0, length - 1), 1)
+      tokens = jnp.where(index < 0, prompts, shifted)
     return tokens, {"scores": scores}
 
 
