@@ -6,7 +6,7 @@ maps them onto a ('data', 'model') mesh. Prompt axes always replicate.
 
 from __future__ import annotations
 
-from typing import Any, Optional, Sequence
+from typing import Optional, Sequence
 
 import flax.linen as nn
 import gin
@@ -71,18 +71,3 @@ def logical_to_sharding(names: Sequence[Optional[str]], mesh: Mesh,
       if shape[dim] % size:
         spec[dim] = None
   return NamedSharding(mesh, PartitionSpec(*spec))
-
-
-def shardings_for(boxed_tree: Any, mesh: Mesh,
-                  rules: Rules = LOGICAL_AXIS_RULES) -> Any:
-  """NamedSharding for every leaf of a tree of LogicallyPartitioned boxes.
-
-  Leaves without logical names replicate.
-  """
-  def one(leaf):
-    if isinstance(leaf, nn.LogicallyPartitioned):
-      return logical_to_sharding(leaf.names, mesh, rules,
-                                 np.shape(leaf.value))
-    return NamedSharding(mesh, PartitionSpec())
-  return jax.tree.map(one, boxed_tree,
-                      is_leaf=lambda x: isinstance(x, nn.LogicallyPartitioned))

@@ -31,10 +31,6 @@ class KeyValue:
   key: jax.Array
   value: jax.Array
 
-  @property
-  def length(self) -> int:
-    return self.key.shape[1]
-
 
 def dot_product_attention(query: jax.Array, key: jax.Array, value: jax.Array,
                           *, mask: Optional[jax.Array] = None,

@@ -69,10 +69,3 @@ def cache_mask(cache_index: jax.Array, chunk_mask: jax.Array,
       axis=-1)
   return (earlier[:, None, None, :]
           | (in_chunk[:, None, None, :] & gathered))
-
-
-def prepend_visible(mask: jax.Array, prefix_valid: jax.Array) -> jax.Array:
-  """Extends [b, 1, q, k] with prefix keys [b, p] visible to every query."""
-  prefix = jnp.broadcast_to(prefix_valid[:, None, None, :],
-                            mask.shape[:3] + (prefix_valid.shape[-1],))
-  return jnp.concatenate([prefix, mask], axis=-1)
