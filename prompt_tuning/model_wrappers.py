@@ -50,7 +50,8 @@ class BaseModel:
                eos_id: int = 1, label_smoothing: float = 0.0,
                z_loss: float = 0.0,
                loss_normalizing_factor: losses.LossNormalizer = None,
-               decoding_options: DecodingOptions = DecodingOptions()):
+               decoding_options: DecodingOptions = DecodingOptions(),
+               method: Any = None):
     losses.check_normalizer(loss_normalizing_factor)
     if not 0.0 <= label_smoothing < 1.0:
       raise ValueError(f"label_smoothing={label_smoothing} must be in [0, 1).")
@@ -61,6 +62,18 @@ class BaseModel:
     self.z_loss = z_loss
     self.loss_normalizing_factor = loss_normalizing_factor
     self.decoding_options = decoding_options
+    self.method = method
+
+  @property
+  def trainable_patterns(self) -> tuple[str, ...]:
+    """Regexes of the parameters that train (all of them without a method:
+    model tuning)."""
+    return (".*",) if self.method is None else self.method.trainable_patterns()
+
+  def _features(self, batch: Batch) -> dict[str, jax.Array]:
+    """The extra batch features the method's module reads (e.g. task_ids)."""
+    return {k: batch[k] for k in getattr(self.module, "extra_features", ())
+            if k in batch}
 
   def _check_batch(self, batch: Batch, required: tuple[str, ...]) -> None:
     missing = [k for k in required if k not in batch]
@@ -165,7 +178,8 @@ class EncoderDecoderModel(BaseModel):
     return self.module.apply(
         {"params": params}, batch["encoder_input_tokens"],
         batch["decoder_input_tokens"], batch["decoder_target_tokens"],
-        enable_dropout=dropout_rng is not None, rngs=rngs)
+        enable_dropout=dropout_rng is not None, rngs=rngs,
+        **self._features(batch))
 
   def _predict(self, params, batch, rng, options, prompt_with_targets):
     """Decodes up to len(decoder_target_tokens) tokens after BOS (id 0)."""
@@ -180,19 +194,24 @@ class EncoderDecoderModel(BaseModel):
       raise KeyError("predict_batch needs decoder_target_tokens (or "
                      "decoder_input_tokens) to know the output length.")
     batch_size, max_len = target_shape.shape
+    features = self._features(batch)
     apply = self.module.apply
-    encoded = apply({"params": params}, inputs, method="encode")
+    encoded = apply({"params": params}, inputs, method="encode", **features)
     cache = self._init_cache(
         apply, {"params": params}, encoded, inputs,
-        jnp.zeros((batch_size, max_len), jnp.int32), method="decode")
+        jnp.zeros((batch_size, max_len), jnp.int32), method="decode",
+        **features)
 
     def step(tokens, cache):
       logits, state = apply({"params": params, "cache": cache}, encoded,
                             inputs, tokens, decode=True, mutable=["cache"],
-                            method="decode")
+                            method="decode", **features)
       return logits[:, -1], state["cache"]
 
-    first_logits, cache = step(jnp.zeros((batch_size, 1), jnp.int32), cache)
+    # MSP's decoder starts from its separator token rather than T5's 0.
+    start = getattr(self.module, "decoder_start_token_id", 0)
+    first_logits, cache = step(jnp.full((batch_size, 1), start, jnp.int32),
+                               cache)
     tokens, scores = self._sample(step, first_logits, cache, max_len, None,
                                   rng, options)
     return tokens, {"scores": scores}
@@ -215,7 +234,8 @@ class DecoderOnlyModel(BaseModel):
         {"params": params}, batch["decoder_input_tokens"],
         decoder_causal_attention=batch.get("decoder_causal_attention"),
         decoder_positions=batch.get("decoder_positions"),
-        enable_dropout=dropout_rng is not None, rngs=rngs)
+        enable_dropout=dropout_rng is not None, rngs=rngs,
+        **self._features(batch))
 
   def _predict(self, params, batch, rng, options, prompt_with_targets):
     """Continues each prompt up to the feature length.
@@ -230,21 +250,23 @@ class DecoderOnlyModel(BaseModel):
     prompt_lengths = jnp.sum(region, axis=-1)
     prompts = batch["decoder_input_tokens"] * region
     batch_size, length = prompts.shape
+    features = self._features(batch)
     apply = self.module.apply
-    cache = self._init_cache(apply, {"params": params}, prompts)
+    cache = self._init_cache(apply, {"params": params}, prompts, **features)
 
     # Prefill every prompt at once; each cache index then sits right after
     # its own prompt, so examples of different lengths decode side by side.
     logits, state = apply(
         {"params": params, "cache": cache}, prompts,
         decoder_causal_attention=region, decode=True,
-        cache_advance=prompt_lengths, mutable=["cache"])
+        cache_advance=prompt_lengths, mutable=["cache"], **features)
     last = jnp.maximum(prompt_lengths - 1, 0)
     first_logits = jnp.take_along_axis(logits, last[:, None, None], 1)[:, 0]
 
     def step(tokens, cache):
       logits, state = apply({"params": params, "cache": cache}, tokens,
-                            decode=True, mutable=["cache"])
+                            mutable=["cache"], method="decode_step",
+                            **features)
       return logits[:, -1], state["cache"]
 
     tokens, scores = self._sample(step, first_logits, state["cache"], length,
@@ -257,8 +279,11 @@ class DecoderOnlyModel(BaseModel):
     return tokens, {"scores": scores}
 
 
-def build_model(config: TransformerConfig, **kwargs) -> BaseModel:
-  """The T5X-interface wrapper for a config's architecture."""
+def build_model(config: TransformerConfig, method: Any = None,
+                **kwargs) -> BaseModel:
+  """The T5X-interface model for a config, with a method attached or not."""
+  if method is not None:
+    return method.build_model(config, **kwargs)
   if config.architecture == "encoder_decoder":
     return EncoderDecoderModel(config, **kwargs)
   return DecoderOnlyModel(config, **kwargs)

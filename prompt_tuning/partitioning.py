@@ -29,6 +29,9 @@ LOGICAL_AXIS_RULES: Rules = (
     ("abspos_buckets", None),
     ("prompt", None),
     ("prompt_embed", None),
+    ("prompt_mlp", None),
+    ("prompt_heads", None),
+    ("kv_pair", None),
     ("layers", None),
     ("stages", None),
 )

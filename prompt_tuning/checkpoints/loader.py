@@ -101,10 +101,8 @@ def infer_t5x_config(shapes: dict[str, tuple[int, ...]]) -> TransformerConfig:
 
 def expected_params(model: model_wrappers.BaseModel) -> dict[str, Any]:
   """{name: boxed ShapeDtypeStruct with logical names} for a model."""
-  if model.config.architecture == "encoder_decoder":
-    shapes = {"encoder_input_tokens": (1, 1), "decoder_input_tokens": (1, 1)}
-  else:
-    shapes = {"decoder_input_tokens": (1, 1)}
+  shapes = {k: (1, 1) for k in ("encoder_input_tokens", "decoder_input_tokens")
+            if k in model.FEATURES}
   abstract = jax.eval_shape(
       lambda: model.get_initial_variables(jax.random.PRNGKey(0), shapes))
   return flax.traverse_util.flatten_dict(
@@ -143,7 +141,8 @@ def _check_dtype(name: str, dtype: np.dtype) -> None:
 def load_pretrained(path: str, *, config: ConfigLike = None,
                     method: Any = None, mesh: Optional[Mesh] = None,
                     rules: partitioning.Rules = partitioning.LOGICAL_AXIS_RULES,
-                    param_dtype: str = "float32", **model_kwargs
+                    param_dtype: str = "float32", seed: int = 0,
+                    **model_kwargs
                     ) -> tuple[model_wrappers.BaseModel, dict[str, Any]]:
   """Loads a frozen base: returns (T5X-interface model, {"params": ...}).
 
@@ -153,17 +152,17 @@ def load_pretrained(path: str, *, config: ConfigLike = None,
     config: the architecture, where the checkpoint does not say it all
       (T5X): a TransformerConfig, a shipped gin model name or a .gin path.
       Overrides what a Hugging Face config.json or Orbax metadata says.
-    method: a parameter-efficient method to attach (later issues); None gives
-      the plain frozen model.
+    method: a parameter-efficient method to attach (pt.PromptTuning,
+      pt.PrefixTuning, pt.MultiStagePrompting, pt.MultiTaskPrompt,
+      pt.ModelTuning); None gives the plain frozen model. Its parameters are
+      initialised after the base is loaded, so data-dependent initializers
+      (sampled vocabulary, class labels) read the real embeddings.
     mesh, rules: place every parameter with the sharding its logical axes
       map to on `mesh` (default: the first device, unsharded).
     param_dtype: dtype the weights are held in ("float32" or "bfloat16").
+    seed: seeds the method's parameter initializers.
     model_kwargs: forwarded to the wrapper (eos_id, label_smoothing, ...).
   """
-  if method is not None:
-    raise NotImplementedError(
-        f"method={method!r}: parameter-efficient methods are not available "
-        "yet; load with method=None.")
   fmt = detect_format(path)
   config = resolve_config(config)
   arrays: dict[str, lazy.LazyArray] = {}
@@ -184,8 +183,8 @@ def load_pretrained(path: str, *, config: ConfigLike = None,
     for name, (_, dtype) in metadata.items():
       _check_dtype(name, dtype)
 
-  model = model_wrappers.build_model(config, **model_kwargs)
-  expected = expected_params(model)
+  model = model_wrappers.build_model(config, method=method, **model_kwargs)
+  expected = expected_params(model_wrappers.build_model(config))
   check_names_and_shapes(found, {n: b.value.shape for n, b in
                                  expected.items()}, f"checkpoint {path!r}")
   dtype = jnp.dtype(param_dtype)
@@ -205,7 +204,32 @@ def load_pretrained(path: str, *, config: ConfigLike = None,
           array.shape, shardings[name],
           lambda index, a=array: np.asarray(a.read(index), dtype=dtype))
     params = flax.traverse_util.unflatten_dict(flat)
+  if method is not None:
+    params = _add_method_params(model, params, seed, mesh, rules)
   return model, {"params": params}
+
+
+def _add_method_params(model: model_wrappers.BaseModel, params: Any,
+                       seed: int, mesh: Optional[Mesh],
+                       rules: partitioning.Rules) -> Any:
+  """Creates the method's parameters next to the loaded (untouched) base.
+
+  Flax creates exactly the parameters missing from `params` when the
+  collection is mutable; the method's hook touches only its own modules.
+  """
+  _, state = model.module.apply(
+      {"params": params}, method="init_method_params", mutable=["params"],
+      rngs={"params": jax.random.PRNGKey(seed)})
+  base_names = set(flax.traverse_util.flatten_dict(params, sep="/"))
+  flat = flax.traverse_util.flatten_dict(
+      state["params"], sep="/",
+      is_leaf=lambda _, x: isinstance(x, nn.LogicallyPartitioned))
+  new = {n: b for n, b in flat.items() if n not in base_names}
+  shardings = _target_shardings(new, mesh, rules)
+  merged = flax.traverse_util.flatten_dict(params, sep="/")
+  for name, boxed in new.items():
+    merged[name] = jax.device_put(boxed.value, shardings[name])
+  return flax.traverse_util.unflatten_dict(merged, sep="/")
 
 
 def _target_shardings(expected: dict[str, Any], mesh: Optional[Mesh],

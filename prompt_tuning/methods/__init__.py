@@ -1,1 +1,2 @@
-"""Parameter-efficient methods (prompt tuning, prefixes, MSP, multitask)."""
+"""Parameter-efficient methods: soft prompts, KV prefixes, MSP, multitask
+prompts and model tuning (see DESIGN.md)."""

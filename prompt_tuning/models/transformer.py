@@ -9,7 +9,7 @@ or KV prefixes without touching this file.
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Mapping, Optional
 
 import flax.linen as nn
 import jax
@@ -18,7 +18,10 @@ import jax.numpy as jnp
 from prompt_tuning.models import attention as attention_lib
 from prompt_tuning.models import layers
 from prompt_tuning.models import masks
+from prompt_tuning.models.attention import KeyValue
 from prompt_tuning.models.configs import TransformerConfig
+from prompt_tuning.models.kv_prefix import KvPrefix
+from prompt_tuning.models.kv_prefix import stack_key_values
 
 ACTIVATION_AXES = ("batch", "length", "embed")
 
@@ -52,16 +55,18 @@ def _batch_positions(batch: int, length: int) -> jax.Array:
 def _attention_sublayer(cfg: TransformerConfig, x: jax.Array,
                         inputs_kv: Optional[jax.Array], *, norm_name: str,
                         attention_name: str, deterministic: bool,
-                        **attention_kwargs) -> jax.Array:
+                        **attention_kwargs) -> tuple[jax.Array, KeyValue]:
   """x + dropout(attention(norm(x), ...)); self-attention if inputs_kv None.
 
   Called inside a layer's compact method, so the modules belong to it.
+  Returns the new activations and the keys/values this call projected.
   """
   h = _norm(cfg, norm_name)(x)
-  h, _ = _attention(cfg, attention_name)(
+  h, new_kv = _attention(cfg, attention_name)(
       h, h if inputs_kv is None else inputs_kv, deterministic=deterministic,
       **attention_kwargs)
-  return x + nn.Dropout(cfg.dropout_rate)(h, deterministic=deterministic)
+  return x + nn.Dropout(cfg.dropout_rate)(h, deterministic=deterministic), \
+      new_kv
 
 
 def _mlp_sublayer(cfg: TransformerConfig, x: jax.Array,
@@ -82,11 +87,12 @@ class EncoderLayer(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array, *, mask: jax.Array,
-               bias: Optional[jax.Array], deterministic: bool) -> jax.Array:
+               bias: Optional[jax.Array], kv_prefix: Optional[KeyValue],
+               deterministic: bool) -> jax.Array:
     """x: [batch, length, embed] -> same."""
-    x = _attention_sublayer(
+    x, _ = _attention_sublayer(
         self.config, x, None, norm_name="pre_attention_layer_norm",
-        attention_name="attention", mask=mask, bias=bias,
+        attention_name="attention", mask=mask, bias=bias, kv_prefix=kv_prefix,
         deterministic=deterministic)
     return _mlp_sublayer(self.config, x, deterministic)
 
@@ -102,19 +108,26 @@ class DecoderLayer(nn.Module):
                bias: Optional[jax.Array], encoded: Optional[jax.Array],
                cross_mask: Optional[jax.Array],
                cache_slots: Optional[jax.Array],
-               deterministic: bool) -> jax.Array:
-    """x: [batch, q, embed]; encoded: [batch, k, embed] -> [batch, q, embed]."""
+               self_prefix: Optional[KeyValue] = None,
+               cross_prefix: Optional[KeyValue] = None,
+               deterministic: bool) -> tuple[jax.Array, KeyValue]:
+    """x: [batch, q, embed]; encoded: [batch, k, embed] -> [batch, q, embed].
+
+    Also returns this layer's self-attention keys/values of x (MSP hands
+    them from one stage to the next).
+    """
     cfg = self.config
-    x = _attention_sublayer(
+    x, self_kv = _attention_sublayer(
         cfg, x, None, norm_name="pre_self_attention_layer_norm",
         attention_name="self_attention", mask=mask, bias=bias,
-        cache_slots=cache_slots, deterministic=deterministic)
+        kv_prefix=self_prefix, cache_slots=cache_slots,
+        deterministic=deterministic)
     if self.has_cross_attention:
-      x = _attention_sublayer(
+      x, _ = _attention_sublayer(
           cfg, x, encoded, norm_name="pre_cross_attention_layer_norm",
           attention_name="encoder_decoder_attention", mask=cross_mask,
-          deterministic=deterministic)
-    return _mlp_sublayer(cfg, x, deterministic)
+          kv_prefix=cross_prefix, deterministic=deterministic)
+    return _mlp_sublayer(cfg, x, deterministic), self_kv
 
 
 class Encoder(nn.Module):
@@ -124,15 +137,25 @@ class Encoder(nn.Module):
 
   @nn.compact
   def __call__(self, embedded: jax.Array, *, positions: jax.Array,
-               mask: jax.Array, deterministic: bool = True) -> jax.Array:
-    """embedded [batch, L, embed], positions [batch, L], mask [b, 1, L, L]."""
+               mask: jax.Array, prefix: Optional[KvPrefix] = None,
+               deterministic: bool = True) -> jax.Array:
+    """embedded [batch, L, embed], positions [batch, L], mask [b, 1, L, L].
+
+    `prefix` adds per-layer keys/values before each layer's own keys.
+    """
     cfg = self.config
     dropout = nn.Dropout(cfg.dropout_rate)
     x = dropout(embedded, deterministic=deterministic)
-    bias = _relpos(cfg, True, "relpos_bias")(positions, positions)
+    relpos = _relpos(cfg, True, "relpos_bias")
+    bias = relpos(positions, positions)
+    if prefix is not None:
+      mask = prefix.extend_mask(mask)
+      bias = prefix.extend_bias(bias, positions, relpos)
     for i in range(cfg.num_encoder_layers):
       x = EncoderLayer(cfg, name=f"layers_{i}")(
-          x, mask=mask, bias=bias, deterministic=deterministic)
+          x, mask=mask, bias=bias,
+          kv_prefix=None if prefix is None else prefix.layer(i, x.shape[0]),
+          deterministic=deterministic)
     x = _norm(cfg, "encoder_norm")(x)
     return dropout(x, deterministic=deterministic)
 
@@ -142,7 +165,7 @@ class DecodeCacheState(nn.Module):
 
   @nn.compact
   def __call__(self, positions: Optional[jax.Array], chunk_mask: jax.Array,
-               cache_advance: Optional[jax.Array]):
+               cache_advance: Optional[jax.Array], position_offset: int = 0):
     """Places a chunk of q tokens; see `masks.cache_mask`.
 
     Returns (query positions [b, q], mask over all cache slots [b, 1, q, C],
@@ -158,7 +181,7 @@ class DecodeCacheState(nn.Module):
     index = cache_index.value
     slots = index[:, None] + jnp.arange(q, dtype=jnp.int32)[None, :]
     if positions is None:
-      positions = slots
+      positions = slots + position_offset
     rows = jnp.arange(batch)[:, None]
     key_positions = cached_positions.value.at[rows, slots].set(positions)
     mask = masks.cache_mask(index, chunk_mask, key_positions.shape[1])
@@ -219,7 +242,11 @@ class Decoder(nn.Module):
                cross_mask: Optional[jax.Array] = None,
                decode: bool = False,
                cache_advance: Optional[jax.Array] = None,
-               deterministic: bool = True) -> jax.Array:
+               self_prefix: Optional[KvPrefix] = None,
+               cross_prefix: Optional[KvPrefix] = None,
+               position_offset: int = 0,
+               return_kv: bool = False,
+               deterministic: bool = True):
     """Runs the stack; returns float32 logits [batch, q, vocab].
 
     Args:
@@ -233,6 +260,12 @@ class Decoder(nn.Module):
       cache_advance: int [batch], how far each example's write index moves
         after this chunk (default q); prefill of padded prompts passes the
         true prompt lengths so decoding continues right after each prompt.
+      self_prefix, cross_prefix: per-layer keys/values before the
+        self-attention keys (or the cache) and the cross-attention keys.
+      position_offset: added to the default positions (prefixes that hold
+        the first positions, as in the reference prefix tuning).
+      return_kv: also return every layer's self-attention keys/values of
+        these q tokens, [layers, batch, q, heads, head_dim].
     """
     cfg = self.config
     batch, q = embedded.shape[:2]
@@ -241,10 +274,10 @@ class Decoder(nn.Module):
     cache_slots = None
     if decode:
       positions, self_mask, key_positions, cache_slots = self.cache_state(
-          positions, self_mask, cache_advance)
+          positions, self_mask, cache_advance, position_offset)
     else:
       if positions is None:
-        positions = _batch_positions(batch, q)
+        positions = _batch_positions(batch, q) + position_offset
       key_positions = positions
 
     x = embedded
@@ -253,12 +286,26 @@ class Decoder(nn.Module):
       x = x + self.position_embedder(positions)
     else:
       bias = self.relpos_bias(positions, key_positions)
+    if self_prefix is not None:
+      self_mask = self_prefix.extend_mask(self_mask)
+      bias = self_prefix.extend_bias(
+          bias, positions,
+          None if cfg.position_embedding == "absolute" else self.relpos_bias)
+    if cross_prefix is not None:
+      cross_mask = cross_prefix.extend_mask(cross_mask)
     x = self.dropout(x, deterministic=deterministic)
     x = nn.with_logical_constraint(x, ACTIVATION_AXES)
-    for layer in self.layers:
-      x = layer(x, mask=self_mask, bias=bias, encoded=encoded,
-                cross_mask=cross_mask, cache_slots=cache_slots,
-                deterministic=deterministic)
+    new_kvs = []
+    for i, layer in enumerate(self.layers):
+      x, kv = layer(
+          x, mask=self_mask, bias=bias, encoded=encoded,
+          cross_mask=cross_mask, cache_slots=cache_slots,
+          self_prefix=(None if self_prefix is None
+                       else self_prefix.layer(i, batch)),
+          cross_prefix=(None if cross_prefix is None
+                        else cross_prefix.layer(i, batch)),
+          deterministic=deterministic)
+      new_kvs.append(kv)
     x = self.decoder_norm(x)
     x = self.dropout(x, deterministic=deterministic)
     if cfg.logits_via_embedding:
@@ -268,9 +315,38 @@ class Decoder(nn.Module):
     else:
       logits = self.logits_dense(x)
     logits = nn.with_logical_constraint(logits, ("batch", "length", "vocab"))
-    return logits.astype(jnp.float32)
+    logits = logits.astype(jnp.float32)
+    if return_kv:
+      return logits, stack_key_values(new_kvs)
+    return logits
 
-class EncoderDecoder(nn.Module):
+class MethodHooks:
+  """Where parameter-efficient methods plug into the two networks.
+
+  The defaults give the plain frozen model; `prompt_tuning.methods` modules
+  subclass a network and override only the hooks they need. `features` are
+  extra batch features a method reads (e.g. `task_ids`).
+  """
+
+  def kv_prefix(self, kind: str, batch: int,
+                features: Mapping[str, jax.Array],
+                deterministic: bool = True) -> Optional[KvPrefix]:
+    """Keys/values before one attention kind's keys: 'encoder_self',
+    'decoder_self' or 'cross'."""
+    del kind, batch, features, deterministic
+    return None
+
+  def position_offset(self, kind: str) -> int:
+    """How many positions a prefix holds before the inputs of `kind`."""
+    del kind
+    return 0
+
+  def init_method_params(self) -> None:
+    """Creates the method's own parameters (none here); `load_pretrained`
+    calls it with the frozen base loaded, so initializers can read it."""
+
+
+class EncoderDecoder(nn.Module, MethodHooks):
   """T5-style encoder-decoder (T5X `Transformer` names and methods)."""
 
   config: TransformerConfig
@@ -283,42 +359,71 @@ class EncoderDecoder(nn.Module):
     self.decoder = Decoder(cfg, has_cross_attention=True,
                            shared_embedding=self.token_embedder)
 
+  def embed_inputs(self, encoder_input_tokens: jax.Array,
+                   features: Mapping[str, jax.Array]
+                   ) -> tuple[jax.Array, jax.Array]:
+    """Encoder input embeddings [batch, L', embed] and validity [batch, L'].
+
+    A hook: soft-prompt methods return the prompt joined to the inputs.
+    """
+    del features
+    return (self.token_embedder(encoder_input_tokens),
+            encoder_input_tokens > 0)
+
+  def encoded_valid(self, encoder_input_tokens: jax.Array,
+                    features: Mapping[str, jax.Array]) -> jax.Array:
+    """Which encoder outputs cross-attention may see: [batch, L']."""
+    del features
+    return encoder_input_tokens > 0
+
   def encode(self, encoder_input_tokens: jax.Array, *,
-             enable_dropout: bool = False) -> jax.Array:
-    """[batch, L] ids (0 = padding) -> [batch, L, embed]."""
-    valid = encoder_input_tokens > 0
-    batch, length = encoder_input_tokens.shape
+             enable_dropout: bool = False, **features) -> jax.Array:
+    """[batch, L] ids (0 = padding) -> [batch, L', embed]."""
+    embedded, valid = self.embed_inputs(encoder_input_tokens, features)
+    batch, length = valid.shape
     return self.encoder(
-        self.token_embedder(encoder_input_tokens),
-        positions=_batch_positions(batch, length),
+        embedded,
+        positions=(_batch_positions(batch, length)
+                   + self.position_offset("encoder_self")),
         mask=masks.attention_mask(valid, valid),
+        prefix=self.kv_prefix("encoder_self", batch, features,
+                              not enable_dropout),
         deterministic=not enable_dropout)
 
   def decode(self, encoded: jax.Array, encoder_input_tokens: jax.Array,
              decoder_input_tokens: jax.Array, *,
              decoder_positions: Optional[jax.Array] = None,
-             enable_dropout: bool = False, decode: bool = False) -> jax.Array:
+             enable_dropout: bool = False, decode: bool = False,
+             **features) -> jax.Array:
     """Logits [batch, q, vocab] for decoder inputs [batch, q]."""
     batch, q = decoder_input_tokens.shape
-    cross_mask = masks.attention_mask(jnp.ones((batch, q), bool),
-                                      encoder_input_tokens > 0)
+    cross_mask = masks.attention_mask(
+        jnp.ones((batch, q), bool),
+        self.encoded_valid(encoder_input_tokens, features))
     return self.decoder(
         self.decoder.embed(decoder_input_tokens), positions=decoder_positions,
         encoded=encoded, cross_mask=cross_mask, decode=decode,
+        self_prefix=self.kv_prefix("decoder_self", batch, features,
+                                   not enable_dropout),
+        cross_prefix=self.kv_prefix("cross", batch, features,
+                                    not enable_dropout),
+        position_offset=self.position_offset("decoder_self"),
         deterministic=not enable_dropout)
 
   def __call__(self, encoder_input_tokens: jax.Array,
                decoder_input_tokens: jax.Array,
                decoder_target_tokens: Optional[jax.Array] = None, *,
                enable_dropout: bool = False,
-               decode: bool = False) -> jax.Array:
+               decode: bool = False, **features) -> jax.Array:
     del decoder_target_tokens  # causal masking keeps real tokens off padding
-    encoded = self.encode(encoder_input_tokens, enable_dropout=enable_dropout)
+    encoded = self.encode(encoder_input_tokens, enable_dropout=enable_dropout,
+                          **features)
     return self.decode(encoded, encoder_input_tokens, decoder_input_tokens,
-                       enable_dropout=enable_dropout, decode=decode)
+                       enable_dropout=enable_dropout, decode=decode,
+                       **features)
 
 
-class DecoderOnly(nn.Module):
+class DecoderOnly(nn.Module, MethodHooks):
   """Decoder-only LM: T5X-style (relative bias, prefix LM) or GPT-2 family."""
 
   config: TransformerConfig
@@ -331,7 +436,8 @@ class DecoderOnly(nn.Module):
                decoder_causal_attention: Optional[jax.Array] = None,
                decoder_positions: Optional[jax.Array] = None,
                enable_dropout: bool = False, decode: bool = False,
-               cache_advance: Optional[jax.Array] = None) -> jax.Array:
+               cache_advance: Optional[jax.Array] = None,
+               **features) -> jax.Array:
     """Logits [batch, q, vocab] for inputs [batch, q].
 
     `decoder_causal_attention` [batch, q] marks the prefix-LM input region; it
@@ -343,7 +449,17 @@ class DecoderOnly(nn.Module):
     return self.decoder(
         self.decoder.embed(decoder_input_tokens), positions=decoder_positions,
         self_mask=masks.decoder_self_mask(batch, q, region), decode=decode,
-        cache_advance=cache_advance, deterministic=not enable_dropout)
+        cache_advance=cache_advance,
+        self_prefix=self.kv_prefix("decoder_self", batch, features,
+                                   not enable_dropout),
+        position_offset=self.position_offset("decoder_self"),
+        deterministic=not enable_dropout)
+
+  def decode_step(self, decoder_input_tokens: jax.Array,
+                  **features) -> jax.Array:
+    """One cached decoding step after a prefill: [batch, 1] -> logits."""
+    return DecoderOnly.__call__(self, decoder_input_tokens, decode=True,
+                                **features)
 
 
 def build_module(config: TransformerConfig) -> nn.Module:

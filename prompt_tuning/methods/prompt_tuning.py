@@ -1,0 +1,217 @@
+"""Prompt tuning (Lester et al. 2021): a learned [P, H] soft prompt joined to
+the embedded inputs of a frozen model.
+
+Encoder-decoder: the prompt joins the encoder input (fully visible inside
+the encoder, and cross-attention sees its outputs). Decoder-only: the prompt
+joins the decoder input (before the tokens, or after BOS), the prefix-LM
+region grows to cover it, and its logits are removed, so outputs and losses
+line up with the tokens. Positions: the prompt occupies positions like any
+token (PEFT's convention), so inputs start at position P after a prefix
+prompt.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any, Mapping, Optional, Sequence, Union
+
+import flax.linen as nn
+import gin
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from prompt_tuning.methods import base
+from prompt_tuning.methods import combine as combine_lib
+from prompt_tuning.methods import initializers
+from prompt_tuning.models import masks
+from prompt_tuning.models import transformer
+from prompt_tuning.models.configs import TransformerConfig
+
+PROMPT_AXES = ("prompt", "prompt_embed")
+
+
+def method_param(module: nn.Module, name: str,
+                 initializer: initializers.Initializer,
+                 shape: Sequence[int], axes: tuple[str, ...],
+                 embedding: Optional[jax.Array] = None) -> jax.Array:
+  """A float32 method parameter with logical axes; its initializer may read
+  the frozen token embedding (sampled vocabulary, class labels, text)."""
+  init = lambda rng, shape: jnp.asarray(
+      initializer(rng, tuple(shape), embedding), jnp.float32)
+  return module.param(name, nn.with_logical_partitioning(init, axes),
+                      tuple(shape))
+
+
+class SoftPrompt(nn.Module):
+  """The [P, H] prompt: a parameter, or a constant when serving a file."""
+
+  length: int
+  features: int
+  initializer: initializers.Initializer = initializers.uniform(0.5)
+  constant: Optional[np.ndarray] = None
+
+  @nn.compact
+  def __call__(self, embedding: Optional[jax.Array] = None) -> jax.Array:
+    """embedding: the token table [vocab, H] for data-dependent inits."""
+    if self.constant is not None:
+      return jnp.asarray(self.constant, jnp.float32)
+    return method_param(self, "prompt", self.initializer,
+                        (self.length, self.features), PROMPT_AXES, embedding)
+
+
+def _load_constant(source: Union[str, os.PathLike, np.ndarray]) -> np.ndarray:
+  if isinstance(source, (str, os.PathLike)):
+    if not os.path.exists(source):
+      raise FileNotFoundError(f"prompt file {str(source)!r} does not exist; "
+                              "pass the .npy written by pt.export_prompt.")
+    source = np.load(source)
+  array = np.asarray(source, np.float32)
+  if array.ndim != 2:
+    raise ValueError(f"a served prompt must be [P, H]; got shape "
+                     f"{array.shape}.")
+  return array
+
+
+@gin.configurable
+@dataclasses.dataclass(frozen=True, eq=False)
+class PromptTuning(base.Method):
+  """A soft prompt of `length` rows.
+
+  Attributes:
+    length: P, the number of prompt rows.
+    initializer: see `prompt_tuning.methods.initializers` (paper default:
+      uniform(0.5); from_sampled_vocab and from_class_labels do better).
+    combine: where the prompt goes: "prefix", "after_bos", "suffix",
+      "suffix_before_eos" (encoder inputs only), or a layout function.
+    prompt: serve a fixed prompt instead of training one: a [P, H] array or
+      a .npy path. It becomes a constant (no parameter, nothing to train);
+      `length` is taken from it.
+    trainable: regexes overriding which parameters train.
+  """
+
+  length: int = 100
+  initializer: initializers.Initializer = initializers.uniform(0.5)
+  combine: Union[str, combine_lib.LayoutFn] = "prefix"
+  prompt: Optional[Any] = None
+  trainable: Optional[Sequence[str]] = None
+  default_trainable = (r"prompt/.*",)
+
+  def __post_init__(self):
+    if self.prompt is not None:
+      constant = _load_constant(self.prompt)
+      object.__setattr__(self, "prompt", constant)
+      object.__setattr__(self, "length", constant.shape[0])
+      if self.trainable is None:
+        object.__setattr__(self, "trainable", ())
+    if self.length < 1:
+      raise ValueError(f"PromptTuning length={self.length} must be >= 1.")
+    combine_lib.get_layout(self.combine)  # fails early on unknown names
+
+  @classmethod
+  def from_file(cls, path: Union[str, os.PathLike], **kwargs) -> "PromptTuning":
+    """An inference-only prompt served from a .npy file."""
+    return cls(prompt=path, **kwargs)
+
+  def layout_fn(self) -> combine_lib.LayoutFn:
+    return combine_lib.get_layout(self.combine)
+
+  def check_config(self, config: TransformerConfig) -> None:
+    super().check_config(config)
+    if self.prompt is not None and self.prompt.shape[1] != config.emb_dim:
+      raise ValueError(
+          f"the served prompt is {self.prompt.shape}, but the model's "
+          f"embeddings are {config.emb_dim} wide.")
+    if (config.architecture == "decoder_only"
+        and self.combine not in ("prefix", "after_bos")):
+      raise ValueError(
+          f"combine={self.combine!r}: decoder-only models take the prompt "
+          "before their tokens ('prefix') or after BOS ('after_bos'); "
+          "suffix prompts would follow the targets.")
+
+  def soft_prompt(self, config: TransformerConfig) -> SoftPrompt:
+    return SoftPrompt(self.length, config.emb_dim, self.initializer,
+                      self.prompt, name="prompt")
+
+  def build_module(self, config: TransformerConfig) -> nn.Module:
+    self.check_config(config)
+    if config.architecture == "encoder_decoder":
+      return PromptEncoderDecoder(config, method=self)
+    return PromptDecoderOnly(config, method=self)
+
+
+class PromptEncoderDecoder(transformer.EncoderDecoder):
+  """EncoderDecoder whose encoder input carries a soft prompt."""
+
+  method: Any = None
+
+  def setup(self):
+    super().setup()
+    self.prompt = self.method.soft_prompt(self.config)
+
+  def soft_prompt(self, tokens: jax.Array, features: Mapping[str, jax.Array]
+                  ) -> tuple[jax.Array, jax.Array]:
+    """(input tokens, prompt [P, H] or [batch, P, H]); multitask overrides."""
+    del features
+    return tokens, self.prompt(self.token_embedder.embedding)
+
+  def init_method_params(self) -> None:
+    self.soft_prompt(jnp.ones((1, 1), jnp.int32), {})
+
+  def _layout(self, tokens: jax.Array) -> combine_lib.Layout:
+    return self.method.layout_fn()(tokens, self.method.length)
+
+  def embed_inputs(self, encoder_input_tokens, features):
+    tokens, prompt = self.soft_prompt(encoder_input_tokens, features)
+    layout = self._layout(tokens)
+    embedded = combine_lib.combine(prompt, self.token_embedder(tokens), layout)
+    return embedded, layout.valid
+
+  def encoded_valid(self, encoder_input_tokens, features):
+    tokens, _ = self.soft_prompt(encoder_input_tokens, features)
+    return self._layout(tokens).valid
+
+
+class PromptDecoderOnly(transformer.DecoderOnly):
+  """DecoderOnly whose input carries a soft prompt; logits exclude it."""
+
+  method: Any = None
+
+  def setup(self):
+    super().setup()
+    self.prompt = self.method.soft_prompt(self.config)
+
+  def soft_prompt(self, tokens, features):
+    del features
+    return tokens, self.prompt(self.decoder.token_embedder.embedding)
+
+  def init_method_params(self) -> None:
+    self.soft_prompt(jnp.ones((1, 1), jnp.int32), {})
+
+  def __call__(self, decoder_input_tokens, decoder_target_tokens=None, *,
+               decoder_causal_attention=None, decoder_positions=None,
+               enable_dropout=False, decode=False, cache_advance=None,
+               **features):
+    """As DecoderOnly; the prompt (P rows) is placed by the layout and, when
+    decoding, written into the cache ahead of the inputs."""
+    del decoder_target_tokens
+    if decoder_positions is not None:
+      raise ValueError("decoder_positions (packed examples) cannot be "
+                       "combined with a soft prompt; disable packing.")
+    tokens, prompt = self.soft_prompt(decoder_input_tokens, features)
+    # Only placement matters here (GPT-2's id 0 is a real token, so the
+    # layout's validity is not used): right padding keeps causal masks right.
+    layout = self.method.layout_fn()(jnp.ones_like(tokens), self.method.length)
+    embedded = combine_lib.combine(prompt, self.decoder.embed(tokens), layout)
+    batch, length = layout.source.shape
+    region = None
+    if self.config.prefix_lm and decoder_causal_attention is not None:
+      region = combine_lib.extend(decoder_causal_attention, layout, 1)
+    if cache_advance is not None:
+      cache_advance = cache_advance + self.method.length
+    logits = self.decoder(
+        embedded, self_mask=masks.decoder_self_mask(batch, length, region),
+        decode=decode, cache_advance=cache_advance,
+        deterministic=not enable_dropout)
+    return combine_lib.drop_prompt(logits, layout)

@@ -1,0 +1,52 @@
+"""Which parameters train: regexes over "/"-joined names, and the split.
+
+The trainer differentiates only the trainable subtree; the frozen rest is
+passed in as a constant (DESIGN.md principle 1). Patterns must match the
+whole name (`re.fullmatch`), so "prompt/prompt" does not also catch
+"decoder/prompt_norm".
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Sequence
+
+import flax
+
+Params = Any
+
+
+def _flat(params: Params) -> dict[str, Any]:
+  return flax.traverse_util.flatten_dict(flax.core.unfreeze(params), sep="/")
+
+
+def is_trainable(name: str, patterns: Sequence[str]) -> bool:
+  return any(re.fullmatch(p, name) for p in patterns)
+
+
+def split(params: Params, patterns: Sequence[str]) -> tuple[Params, Params]:
+  """(trainable, frozen) nested dicts; together they hold every leaf once."""
+  flat = _flat(params)
+  chosen = {n for n in flat if is_trainable(n, patterns)}
+  if not chosen:
+    raise ValueError(
+        f"trainable patterns {list(patterns)} match no parameter; names look "
+        f"like {sorted(flat)[:6]}. Use regexes that fully match such names.")
+  unflat = lambda names: flax.traverse_util.unflatten_dict(
+      {n: flat[n] for n in names}, sep="/")
+  return unflat(sorted(chosen)), unflat(sorted(set(flat) - chosen))
+
+
+def merge(trainable: Params, frozen: Params) -> Params:
+  """Inverse of `split`."""
+  flat = _flat(frozen)
+  for name, value in _flat(trainable).items():
+    if name in flat:
+      raise ValueError(f"{name} is both trainable and frozen.")
+    flat[name] = value
+  return flax.traverse_util.unflatten_dict(flat, sep="/")
+
+
+def count(params: Params) -> int:
+  """Number of scalars in a tree."""
+  return sum(int(getattr(x, "size", 1)) for x in _flat(params).values())
