@@ -1,2 +1,19 @@
 """Parameter-efficient methods: soft prompts, KV prefixes, MSP, multitask
-prompts and model tuning (see DESIGN.md)."""
+prompts and model tuning (see DESIGN.md).
+
+Every method and initializer factory is gin-configurable, so gin files can
+write `METHOD = @PromptTuning()` and
+`PromptTuning.initializer = @from_sampled_vocab()`.
+"""
+
+import gin
+
+from prompt_tuning.methods import initializers
+
+for _factory in (initializers.uniform, initializers.normal,
+                 initializers.xavier_uniform_per_slice,
+                 initializers.from_sampled_vocab,
+                 initializers.from_class_labels, initializers.from_text,
+                 initializers.from_npy, initializers.from_array,
+                 initializers.from_t5x_checkpoint):
+  gin.external_configurable(_factory, module="prompt_tuning.initializers")

@@ -185,6 +185,7 @@ def extend(values: jax.Array, layout: Layout, prompt_value) -> jax.Array:
   Prompt positions get `prompt_value`, e.g. 1 in decoder_causal_attention so
   the prefix-LM region covers the prompt, or 0 in loss weights.
   """
+  values = jnp.asarray(values)
   batch = values.shape[0]
   fill = jnp.full((batch, layout.source.shape[1] - values.shape[1])
                   + values.shape[2:], prompt_value, values.dtype)

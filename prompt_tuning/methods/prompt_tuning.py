@@ -204,14 +204,26 @@ class PromptDecoderOnly(transformer.DecoderOnly):
     # layout's validity is not used): right padding keeps causal masks right.
     layout = self.method.layout_fn()(jnp.ones_like(tokens), self.method.length)
     embedded = combine_lib.combine(prompt, self.decoder.embed(tokens), layout)
-    batch, length = layout.source.shape
-    region = None
-    if self.config.prefix_lm and decoder_causal_attention is not None:
-      region = combine_lib.extend(decoder_causal_attention, layout, 1)
+    region = (decoder_causal_attention if self.config.prefix_lm else None)
     if cache_advance is not None:
       cache_advance = cache_advance + self.method.length
     logits = self.decoder(
-        embedded, self_mask=masks.decoder_self_mask(batch, length, region),
+        embedded, self_mask=decoder_prompt_mask(layout, region),
         decode=decode, cache_advance=cache_advance,
         deterministic=not enable_dropout)
     return combine_lib.drop_prompt(logits, layout)
+
+
+def decoder_prompt_mask(layout: combine_lib.Layout,
+                        region: Optional[jax.Array]) -> jax.Array:
+  """Decoder-only self-attention mask over [prompt and tokens].
+
+  Causal over the combined sequence (the prompt comes before the tokens
+  it steers); with a prefix-LM input region [batch, L], the region grows to
+  cover the prompt rows, which then attend bidirectionally with the inputs.
+  Returns bool [batch, 1, P+L, P+L].
+  """
+  batch, length = layout.source.shape
+  if region is not None:
+    region = combine_lib.extend(region, layout, 1)
+  return masks.decoder_self_mask(batch, length, region)
