@@ -3,14 +3,20 @@
 The notebook API (see README.md):
 
   import prompt_tuning as pt
-  model, variables = pt.load_pretrained(path)
+  model, variables = pt.load_pretrained(path, method=pt.PromptTuning(20))
   model.score_batch(variables["params"], batch)
 
 Importing this package loads only jax/flax/optax/orbax/numpy/gin: TensorFlow,
 seqio and TFDS are needed only by the data pipeline and `prompt_tuning.tasks`.
 """
 
+from prompt_tuning import methods
 from prompt_tuning.checkpoints.loader import load_pretrained
+from prompt_tuning.methods import initializers
+from prompt_tuning.methods.model_tuning import ModelTuning
+from prompt_tuning.methods.prefix_tuning import PrefixTuning
+from prompt_tuning.methods.prefix_tuning import fold
+from prompt_tuning.methods.prompt_tuning import PromptTuning
 from prompt_tuning.model_wrappers import DecoderOnlyModel
 from prompt_tuning.model_wrappers import DecodingOptions
 from prompt_tuning.model_wrappers import EncoderDecoderModel
@@ -19,5 +25,6 @@ from prompt_tuning.models.configs import TransformerConfig
 
 __all__ = [
     "DecoderOnlyModel", "DecodingOptions", "EncoderDecoderModel",
-    "TransformerConfig", "build_model", "load_pretrained",
+    "ModelTuning", "PrefixTuning", "PromptTuning", "TransformerConfig",
+    "build_model", "fold", "initializers", "load_pretrained", "methods",
 ]
