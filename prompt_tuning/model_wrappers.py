@@ -26,15 +26,28 @@ Params = Any
 
 @dataclasses.dataclass(frozen=True)
 class DecodingOptions:
-  """How `predict_batch` picks tokens (temperature 0 = greedy)."""
+  """How `predict_batch` picks tokens.
+
+  temperature 0 is greedy, above 0 samples (with optional top-k / top-p);
+  beam_size > 1 runs beam search with T5X's length penalty
+  ((5 + length) / 6) ** alpha.
+  """
 
   temperature: float = 0.0
   topk: int = 0
   topp: float = 0.0
+  beam_size: int = 1
+  alpha: float = 0.6
 
   def __post_init__(self):
     if self.temperature < 0:
       raise ValueError(f"temperature={self.temperature} must be >= 0.")
+    if self.beam_size < 1:
+      raise ValueError(f"beam_size={self.beam_size} must be >= 1.")
+    if self.beam_size > 1 and self.temperature > 0:
+      raise ValueError(f"beam_size={self.beam_size} with temperature="
+                       f"{self.temperature}: beam search is deterministic; "
+                       "set temperature=0 or beam_size=1.")
     if self.topk < 0 or not 0.0 <= self.topp <= 1.0:
       raise ValueError(f"topk={self.topk} must be >= 0 and topp={self.topp} "
                        "in [0, 1].")
@@ -129,19 +142,58 @@ class BaseModel:
     """Decodes; returns (tokens [batch, length], {"scores": [batch]}).
 
     T5X's signature. `decoder_params` overrides `decoding_options` fields
-    (temperature, topk, topp) for this call.
+    (temperature, topk, topp, beam_size, alpha) for this call. As in T5X,
+    `num_decodes` is the beam size under beam search (temperature 0 with
+    num_decodes > 1 turns beam search on) and the number of samples when
+    sampling. With `return_all_decodes` the outputs are [batch, num_decodes,
+    length] and [batch, num_decodes], best first; otherwise the best one.
+    Beam scores are length-penalised log-probs; sample scores are summed
+    log-probs.
     """
-    if num_decodes != 1 or return_all_decodes:
-      raise NotImplementedError(
-          f"num_decodes={num_decodes}, return_all_decodes="
-          f"{return_all_decodes}: only one decode per example (greedy or "
-          "sampled) is available; beam search is not implemented yet.")
+    if num_decodes < 1:
+      raise ValueError(f"num_decodes={num_decodes} must be >= 1.")
     options = dataclasses.replace(self.decoding_options,
                                   **dict(decoder_params or {}))
-    return self._predict(params, batch, rng, options, prompt_with_targets)
+    if num_decodes > 1 and options.temperature == 0.0:
+      options = dataclasses.replace(options, beam_size=num_decodes)
+    elif options.beam_size > 1:
+      num_decodes = options.beam_size
+    tokens, scores = self._predict(params, batch, rng, options,
+                                   prompt_with_targets, num_decodes)
+    if return_all_decodes:
+      return tokens, {"scores": scores}
+    return tokens[:, 0], {"scores": scores[:, 0]}
 
-  def _predict(self, params, batch, rng, options, prompt_with_targets):
+  def _predict(self, params, batch, rng, options, prompt_with_targets,
+               num_decodes):
+    """Returns tokens [batch, num_decodes, length], scores [batch, n]."""
     raise NotImplementedError
+
+  def _decode(self, make_step, first_logits, cache, max_decode_len, budgets,
+              rng, opts: DecodingOptions, num_decodes: int):
+    """Beam search or sampling of `num_decodes` per example.
+
+    `make_step(n)` builds the step function with its closed-over
+    per-example tensors tiled n times (`decoding.tile_beams`), since the
+    decoding loops run over [batch * n] rows.
+    """
+    batch = first_logits.shape[0]
+    if opts.beam_size > 1:
+      return decoding.beam_search(
+          make_step(opts.beam_size), first_logits, cache,
+          beam_size=opts.beam_size, max_decode_len=max_decode_len,
+          eos_id=self.eos_id, alpha=opts.alpha, budgets=budgets)
+    tile = lambda tree: decoding.tile_beams(tree, num_decodes)
+    tokens, scores = decoding.temperature_sample(
+        make_step(num_decodes), tile(first_logits), tile(cache),
+        max_decode_len=max_decode_len, eos_id=self.eos_id,
+        budgets=None if budgets is None else tile(budgets), rng=rng,
+        temperature=opts.temperature, topk=opts.topk, topp=opts.topp)
+    tokens = tokens.reshape(batch, num_decodes, max_decode_len)
+    scores = scores.reshape(batch, num_decodes)
+    order = jnp.argsort(-scores, axis=1)
+    return (jnp.take_along_axis(tokens, order[:, :, None], axis=1),
+            jnp.take_along_axis(scores, order, axis=1))
 
   def _init_cache(self, apply_fn, *args, **kwargs) -> Any:
     """Zeros shaped like the 'cache' collection a decode call creates."""
@@ -149,12 +201,6 @@ class BaseModel:
         lambda: apply_fn(*args, decode=True, mutable=["cache"], **kwargs)[1])
     return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes["cache"])
 
-  def _sample(self, step_fn, first_logits, cache, max_decode_len, budgets,
-              rng, opts: DecodingOptions):
-    return decoding.temperature_sample(
-        step_fn, first_logits, cache, max_decode_len=max_decode_len,
-        eos_id=self.eos_id, budgets=budgets, rng=rng,
-        temperature=opts.temperature, topk=opts.topk, topp=opts.topp)
 
 
 class EncoderDecoderModel(BaseModel):
@@ -181,7 +227,8 @@ class EncoderDecoderModel(BaseModel):
         enable_dropout=dropout_rng is not None, rngs=rngs,
         **self._features(batch))
 
-  def _predict(self, params, batch, rng, options, prompt_with_targets):
+  def _predict(self, params, batch, rng, options, prompt_with_targets,
+               num_decodes):
     """Decodes up to len(decoder_target_tokens) tokens after BOS (id 0)."""
     if prompt_with_targets:
       raise ValueError("prompt_with_targets applies to decoder-only models; "
@@ -202,19 +249,22 @@ class EncoderDecoderModel(BaseModel):
         jnp.zeros((batch_size, max_len), jnp.int32), method="decode",
         **features)
 
-    def step(tokens, cache):
-      logits, state = apply({"params": params, "cache": cache}, encoded,
-                            inputs, tokens, decode=True, mutable=["cache"],
-                            method="decode", **features)
-      return logits[:, -1], state["cache"]
+    def make_step(tile):
+      tiled = decoding.tile_beams((encoded, inputs, features), tile)
+
+      def step(tokens, cache):
+        logits, state = apply({"params": params, "cache": cache}, tiled[0],
+                              tiled[1], tokens, decode=True,
+                              mutable=["cache"], method="decode", **tiled[2])
+        return logits[:, -1], state["cache"]
+      return step
 
     # MSP's decoder starts from its separator token rather than T5's 0.
     start = getattr(self.module, "decoder_start_token_id", 0)
-    first_logits, cache = step(jnp.full((batch_size, 1), start, jnp.int32),
-                               cache)
-    tokens, scores = self._sample(step, first_logits, cache, max_len, None,
-                                  rng, options)
-    return tokens, {"scores": scores}
+    first_logits, cache = make_step(1)(
+        jnp.full((batch_size, 1), start, jnp.int32), cache)
+    return self._decode(make_step, first_logits, cache, max_len, None, rng,
+                        options, num_decodes)
 
 
 class DecoderOnlyModel(BaseModel):
@@ -237,7 +287,8 @@ class DecoderOnlyModel(BaseModel):
         enable_dropout=dropout_rng is not None, rngs=rngs,
         **self._features(batch))
 
-  def _predict(self, params, batch, rng, options, prompt_with_targets):
+  def _predict(self, params, batch, rng, options, prompt_with_targets,
+               num_decodes):
     """Continues each prompt up to the feature length.
 
     The prompt of each example is where `decoder_causal_attention` is 1
@@ -263,20 +314,26 @@ class DecoderOnlyModel(BaseModel):
     last = jnp.maximum(prompt_lengths - 1, 0)
     first_logits = jnp.take_along_axis(logits, last[:, None, None], 1)[:, 0]
 
-    def step(tokens, cache):
-      logits, state = apply({"params": params, "cache": cache}, tokens,
-                            mutable=["cache"], method="decode_step",
-                            **features)
-      return logits[:, -1], state["cache"]
+    def make_step(tile):
+      tiled = decoding.tile_beams(features, tile)
 
-    tokens, scores = self._sample(step, first_logits, state["cache"], length,
-                                  length - prompt_lengths, rng, options)
+      def step(tokens, cache):
+        logits, state = apply({"params": params, "cache": cache}, tokens,
+                              mutable=["cache"], method="decode_step",
+                              **tiled)
+        return logits[:, -1], state["cache"]
+      return step
+
+    tokens, scores = self._decode(make_step, first_logits, state["cache"],
+                                  length, length - prompt_lengths, rng,
+                                  options, num_decodes)
     if prompt_with_targets:
       # Shift each row's new tokens right by its prompt length.
-      index = jnp.arange(length)[None, :] - prompt_lengths[:, None]
-      shifted = jnp.take_along_axis(tokens, jnp.clip(index, 0, length - 1), 1)
-      tokens = jnp.where(index < 0, prompts, shifted)
-    return tokens, {"scores": scores}
+      index = (jnp.arange(length)[None, None, :]
+               - prompt_lengths[:, None, None])
+      shifted = jnp.take_along_axis(tokens, jnp.clip(index, 0, length - 1), 2)
+      tokens = jnp.where(index < 0, prompts[:, None, :], shifted)
+    return tokens, scores
 
 
 def build_model(config: TransformerConfig, method: Any = None,

@@ -319,3 +319,53 @@ def test_trainable_patterns_that_match_nothing_fail_clearly():
   _, params = _init(T5, PromptTuning(length=2))
   with pytest.raises(ValueError, match="match no parameter"):
     trainable.split(params, [r"encoder/prompt"])
+
+
+def _sequence_score(model, params, batch, tokens):
+  """Summed log-prob of decoded `tokens` [batch, L] (through EOS) by a plain
+  forward pass: what beam search with alpha=0 must report."""
+  length = tokens.shape[1]
+  eos = np.where((tokens == 1).any(1), (tokens == 1).argmax(1), length - 1)
+  weights = (np.arange(length)[None] <= eos[:, None]).astype(np.float32)
+  if model.config.architecture == "encoder_decoder":
+    return model.score_batch(params, dict(
+        batch, decoder_input_tokens=np.pad(tokens[:, :-1], ((0, 0), (1, 0))),
+        decoder_target_tokens=tokens, decoder_loss_weights=weights))
+  region = batch["decoder_causal_attention"]
+  lengths = region.sum(1)
+  full = batch["decoder_input_tokens"] * region
+  targets = np.zeros_like(full)
+  loss_weights = np.zeros(full.shape, np.float32)
+  for b in range(full.shape[0]):
+    n = int(min(eos[b] + 1, full.shape[1] - lengths[b]))
+    full[b, lengths[b]:lengths[b] + n] = tokens[b, :n]
+    targets[b, lengths[b] - 1:lengths[b] - 1 + n] = tokens[b, :n]
+    loss_weights[b, lengths[b] - 1:lengths[b] - 1 + n] = 1
+  return model.score_batch(params, dict(
+      batch, decoder_input_tokens=full, decoder_target_tokens=targets,
+      decoder_loss_weights=loss_weights))
+
+
+@pytest.mark.parametrize("config,method", [
+    (T5, PromptTuning(length=3)),
+    (GPT2, PrefixTuning(length=2)),
+], ids=["t5-prompt", "gpt2-prefix"])
+def test_beam_search_through_the_wrapper(config, method):
+  """Beam scores (alpha 0) are the model's log-probs of the returned
+  sequences, best first, and the best is at least as likely as greedy."""
+  model, params = _init(config, method, seed=5)
+  batch = _batch(config)
+  tokens, aux = model.predict_batch_with_aux(
+      params, batch, decoder_params={"alpha": 0.0}, num_decodes=3,
+      return_all_decodes=True)
+  assert tokens.shape[:2] == (2, 3)
+  scores = np.asarray(aux["scores"])
+  assert np.all(np.diff(scores, axis=1) <= 1e-6)
+  for beam in range(3):
+    np.testing.assert_allclose(
+        scores[:, beam],
+        _sequence_score(model, params, batch, np.asarray(tokens[:, beam])),
+        atol=1e-4)
+  greedy = np.asarray(model.predict_batch(params, batch))
+  greedy_score = _sequence_score(model, params, batch, greedy)
+  assert np.all(scores[:, 0] >= greedy_score - 1e-5)
