@@ -144,7 +144,20 @@ def test_integer_weights_are_a_dtype_error(tmp_path):
     pt.load_pretrained(path, config=config)
 
 
-def test_methods_are_not_attached_yet(shared_fixtures):
-  with pytest.raises(NotImplementedError, match="method"):
-    pt.load_pretrained(str(shared_fixtures / FIXTURE), config="t5_1_1_tiny",
-                       method=object())
+def test_method_params_are_initialised_from_the_loaded_base(shared_fixtures):
+  """The base loads untouched; a sampled-vocabulary prompt is made of rows
+  of the checkpoint's own embedding table."""
+  path = str(shared_fixtures / FIXTURE)
+  _, plain = pt.load_pretrained(path, config="t5_1_1_tiny")
+  model, variables = pt.load_pretrained(
+      path, config="t5_1_1_tiny", method=pt.PromptTuning(
+          length=5, initializer=pt.initializers.from_sampled_vocab(20)))
+  params = variables["params"]
+  assert model.trainable_patterns == (r"prompt/.*",)
+  flat = flax.traverse_util.flatten_dict(plain["params"], sep="/")
+  for name, value in flax.traverse_util.flatten_dict(params, sep="/").items():
+    if name != "prompt/prompt":
+      np.testing.assert_array_equal(value, flat[name])
+  table = np.asarray(flat["token_embedder/embedding"])[:20]
+  for row in np.asarray(params["prompt"]["prompt"]):
+    assert np.any(np.all(table == row, axis=1))

@@ -86,10 +86,16 @@ def test_bad_loss_options_are_named():
     pt.build_model(CONFIG).loss_fn({}, {"encoder_input_tokens": 1}, None)
 
 
-def test_unsupported_decode_options_fail_loudly(params):
-  model = pt.build_model(CONFIG)
-  with pytest.raises(NotImplementedError, match="num_decodes=4"):
-    model.predict_batch_with_aux(params, BATCH, num_decodes=4)
+def test_several_samples_per_example_come_best_first(params):
+  model = pt.build_model(CONFIG, decoding_options=pt.DecodingOptions(
+      temperature=1.0))
+  tokens, aux = model.predict_batch_with_aux(
+      params, BATCH, jax.random.PRNGKey(0), num_decodes=3,
+      return_all_decodes=True)
+  assert tokens.shape[:2] == (BATCH["encoder_input_tokens"].shape[0], 3)
+  assert np.all(np.diff(np.asarray(aux["scores"]), axis=1) <= 0)
+  with pytest.raises(ValueError, match="beam search is deterministic"):
+    pt.DecodingOptions(temperature=1.0, beam_size=2)
 
 
 def test_decoder_params_override_decoding_options(params):
