@@ -14,6 +14,7 @@ from prompt_tuning import methods
 from prompt_tuning.checkpoints.loader import load_pretrained
 from prompt_tuning.methods import initializers
 from prompt_tuning.methods.model_tuning import ModelTuning
+from prompt_tuning.methods.multitask import MultiTaskPrompt
 from prompt_tuning.methods.prefix_tuning import PrefixTuning
 from prompt_tuning.methods.prefix_tuning import fold
 from prompt_tuning.methods.prompt_tuning import PromptTuning
@@ -25,6 +26,6 @@ from prompt_tuning.models.configs import TransformerConfig
 
 __all__ = [
     "DecoderOnlyModel", "DecodingOptions", "EncoderDecoderModel",
-    "ModelTuning", "PrefixTuning", "PromptTuning", "TransformerConfig",
+    "ModelTuning", "MultiTaskPrompt", "PrefixTuning", "PromptTuning", "TransformerConfig",
     "build_model", "fold", "initializers", "load_pretrained", "methods",
 ]
