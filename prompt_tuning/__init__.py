@@ -11,9 +11,11 @@ seqio and TFDS are needed only by the data pipeline and `prompt_tuning.tasks`.
 """
 
 from prompt_tuning import methods
+from prompt_tuning import trainable
 from prompt_tuning.checkpoints.loader import load_pretrained
 from prompt_tuning.methods import initializers
 from prompt_tuning.methods.model_tuning import ModelTuning
+from prompt_tuning.methods.msp import MultiStagePrompting
 from prompt_tuning.methods.multitask import MultiTaskPrompt
 from prompt_tuning.methods.prefix_tuning import PrefixTuning
 from prompt_tuning.methods.prefix_tuning import fold
@@ -26,6 +28,6 @@ from prompt_tuning.models.configs import TransformerConfig
 
 __all__ = [
     "DecoderOnlyModel", "DecodingOptions", "EncoderDecoderModel",
-    "ModelTuning", "MultiTaskPrompt", "PrefixTuning", "PromptTuning", "TransformerConfig",
-    "build_model", "fold", "initializers", "load_pretrained", "methods",
+    "ModelTuning", "MultiStagePrompting", "MultiTaskPrompt", "PrefixTuning", "PromptTuning", "TransformerConfig",
+    "build_model", "fold", "initializers", "load_pretrained", "methods", "trainable",
 ]

@@ -12,6 +12,8 @@ import re
 from typing import Any, Sequence
 
 import flax
+import flax.linen as nn
+import jax
 
 Params = Any
 
@@ -50,3 +52,17 @@ def merge(trainable: Params, frozen: Params) -> Params:
 def count(params: Params) -> int:
   """Number of scalars in a tree."""
   return sum(int(getattr(x, "size", 1)) for x in _flat(params).values())
+
+
+def count_trainable(model) -> tuple[int, int]:
+  """(trainable, frozen) scalar counts of a model, from shapes alone."""
+  shapes = {k: (1, 1) for k in ("encoder_input_tokens", "decoder_input_tokens")
+            if k in model.FEATURES}
+  abstract = jax.eval_shape(
+      lambda: model.get_initial_variables(jax.random.PRNGKey(0), shapes))
+  params = nn.meta.unbox(abstract["params"])
+  patterns = model.trainable_patterns
+  flat = _flat(params)
+  train = sum(int(v.size) for n, v in flat.items()
+              if is_trainable(n, patterns))
+  return train, sum(int(v.size) for v in flat.values()) - train

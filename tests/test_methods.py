@@ -369,3 +369,17 @@ def test_beam_search_through_the_wrapper(config, method):
   greedy = np.asarray(model.predict_batch(params, batch))
   greedy_score = _sequence_score(model, params, batch, greedy)
   assert np.all(scores[:, 0] >= greedy_score - 1e-5)
+
+
+def test_mgpt_parameter_counts_match_the_msp_paper():
+  """P=128 on mGPT: prompt tuning 131K, prefix tuning (MLP, mid 512) ~26M,
+  MSP ~19M trainable parameters (Tan et al. 2022)."""
+  mgpt = configs.mgpt()
+  count = lambda method: pt.trainable.count_trainable(
+      pt.build_model(mgpt, method=method))[0]
+  assert count(pt.PromptTuning(length=128)) == 128 * 1024
+  # embedding [P, 1024] + Linear(1024, 512) + Linear(512, 24 * 2 * 1024)
+  assert count(pt.PrefixTuning(length=128, reparameterization="mlp")) == (
+      128 * 1024 + 1024 * 512 + 512 + 512 * 49152 + 49152)
+  assert count(pt.MultiStagePrompting(length=128)) == (
+      3 * 24 * 2 * 128 * 1024 + 3)

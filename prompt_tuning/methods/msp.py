@@ -1,0 +1,317 @@
+"""Multi-stage prompting, MSP (Tan et al., ACL 2022), for decoder-only LMs.
+
+A frozen decoder-only LM (GPT-2 family, mGPT, the T5X-style decoder-only LM)
+translates in three stages, each with its own per-layer key/value prompt
+placed before the stage's keys as past keys/values (a `KvPrefix`):
+
+  1. encoding:    the source under past = [encoding prompt]; each layer's
+                  source keys/values are kept (without the prompt).
+  2. re-encoding: the same source again under past = [re-encoding prompt ;
+                  stage-1 source KV]: every token sees all (valid) stage-1
+                  states and the causal prefix of itself. With
+                  `num_reencoding_stages` n > 1 this repeats, each pass on
+                  the previous pass's KV (one re-encoding prompt for all).
+  3. decoding:    the target, starting with the separator, under past =
+                  [decoding prompt ; re-encoded source KV]. Stage-1 KV is
+                  not seen here. Cached decoding stores target tokens only
+                  and passes the same past on every step.
+
+Prompts use the paper's scaled reparameterization: stage s's prompt is
+max(alpha_s, 1) * phi_s, alpha_s a learned scalar initialised to 1.
+
+Masks are causal in every stage, as in the paper, whatever
+`config.prefix_lm` says. A prompt reaches the next stage's keys only from
+one layer up (layer 0's keys project the embeddings alone), so the encoding
+prompt changes the re-encoded keys from layer 2 on: it needs 3+ layers.
+
+Positions restart at 0 in every stage: source tokens hold 0..Ls-1 in stages
+1 and 2, target tokens 0..Lt-1 in stage 3. Past keys/values (prompts and
+carried source states) take no positions, so absolute-position models (GPT-2)
+add position embeddings to each stage's own tokens only, and relative-position
+models (T5X-style) add zero bias between a token and any past slot.
+
+Batches use encoder-decoder feature names (`encoder_input_tokens` = source,
+0 = padding; `decoder_input_tokens`, `decoder_target_tokens`,
+`decoder_loss_weights`), so seqio's encoder-decoder feature converter and
+`EncoderDecoderModel`'s loss_fn / score_batch / predict_batch work as they
+are; the loss covers target tokens only. Source padding (id 0) never reaches
+real tokens: it is masked out of every stage's keys and carried states.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Optional, Sequence
+
+import flax
+import flax.linen as nn
+import gin
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from prompt_tuning import model_wrappers
+from prompt_tuning.methods import base
+from prompt_tuning.methods import initializers
+from prompt_tuning.methods.prompt_tuning import method_param
+from prompt_tuning.models import masks
+from prompt_tuning.models import transformer
+from prompt_tuning.models.configs import TransformerConfig
+from prompt_tuning.models.kv_prefix import KvPrefix
+
+# Stage indices into the scales (and the prompts unless shared).
+ENCODING, REENCODING, DECODING = 0, 1, 2
+NUM_STAGES = 3
+PROMPT_AXES = ("stages", "layers", "kv_pair", "prompt", "prompt_heads", "kv")
+SCALE_AXES = ("stages",)
+# `<extra_id_0>` of the mT5 SentencePiece vocabulary (250,100 pieces), the
+# separator between source and target in the MSP paper's mGPT.
+MGPT_SEPARATOR_ID = 250099
+
+
+@flax.struct.dataclass
+class SourceStates:
+  """One stage's per-layer source keys/values, batch first (beam tiling
+  repeats every leaf along axis 0).
+
+  Attributes:
+    key, value: [batch, layers, Ls, heads, head_dim].
+    valid: bool [batch, Ls]; False marks source padding.
+  """
+
+  key: jax.Array
+  value: jax.Array
+  valid: jax.Array
+
+
+class StagePrompts(nn.Module):
+  """phi [stages, layers, 2, P, heads, head_dim] and alpha [3]."""
+
+  num_layers: int
+  length: int
+  num_heads: int
+  head_dim: int
+  shared: bool = False
+  initializer: initializers.Initializer = (
+      initializers.xavier_uniform_per_slice())
+
+  @nn.compact
+  def __call__(self, stage: int) -> jax.Array:
+    """Stage `stage`'s prompt max(alpha, 1) * phi: [layers, 2, P, h, d]."""
+    stages = 1 if self.shared else NUM_STAGES
+    phi = method_param(
+        self, "prompts", self.initializer,
+        (stages, self.num_layers, 2, self.length, self.num_heads,
+         self.head_dim), PROMPT_AXES)
+    alpha = method_param(self, "scales", lambda rng, shape, _=None:
+                         jnp.ones(shape), (NUM_STAGES,), SCALE_AXES)
+    return jnp.maximum(alpha[stage], 1.0) * phi[0 if self.shared else stage]
+
+
+@gin.configurable
+@dataclasses.dataclass(frozen=True, eq=False)
+class MultiStagePrompting(base.Method):
+  """MSP's encoding, re-encoding and decoding prompts (decoder-only LMs).
+
+  Attributes:
+    length: P, prompt slots per layer and stage (the paper uses 128).
+    num_reencoding_stages: how many re-encoding passes (paper: 1).
+    shared_prompt: one phi for all three stages (each keeps its own alpha).
+    separator_id: the token that starts the target (stage 3's first input
+      and the decoding start). Default: mGPT's `<extra_id_0>`; set it for
+      other vocabularies.
+    initializer: of phi; Glorot-uniform per [P, heads * head_dim] slice.
+    trainable: regexes overriding which parameters train.
+  """
+
+  length: int = 128
+  num_reencoding_stages: int = 1
+  shared_prompt: bool = False
+  separator_id: int = MGPT_SEPARATOR_ID
+  initializer: initializers.Initializer = (
+      initializers.xavier_uniform_per_slice())
+  trainable: Optional[Sequence[str]] = None
+  default_trainable = (r"msp/.*",)
+  architectures = ("decoder_only",)
+
+  def __post_init__(self):
+    if self.length < 1:
+      raise ValueError(f"MultiStagePrompting length={self.length} must be "
+                       ">= 1.")
+    if self.num_reencoding_stages < 1:
+      raise ValueError(
+          f"num_reencoding_stages={self.num_reencoding_stages} must be >= 1 "
+          "(MSP re-encodes the source at least once).")
+    if self.separator_id < 0:
+      raise ValueError(f"separator_id={self.separator_id} must be a token id "
+                       ">= 0.")
+
+  def check_config(self, config: TransformerConfig) -> None:
+    super().check_config(config)
+    if self.separator_id >= config.vocab_size:
+      raise ValueError(
+          f"separator_id={self.separator_id} is outside the model's "
+          f"vocabulary of {config.vocab_size}; pass the id of the separator "
+          "token of this vocabulary (mGPT: <extra_id_0> = "
+          f"{MGPT_SEPARATOR_ID}).")
+
+  def stage_prompts(self, config: TransformerConfig) -> StagePrompts:
+    return StagePrompts(
+        num_layers=config.num_decoder_layers, length=self.length,
+        num_heads=config.num_heads, head_dim=config.head_dim,
+        shared=self.shared_prompt, initializer=self.initializer, name="msp")
+
+  def build_module(self, config: TransformerConfig) -> nn.Module:
+    self.check_config(config)
+    return MspDecoderOnly(config, method=self)
+
+  def wrapper_class(self, config: TransformerConfig
+                    ) -> type[model_wrappers.BaseModel]:
+    """Source/target batches: the encoder-decoder features and wrapper."""
+    del config
+    return model_wrappers.EncoderDecoderModel
+
+  def num_params(self, config: TransformerConfig) -> int:
+    """MSP's parameter count for `config`, from shapes only (no arrays)."""
+    shapes = jax.eval_shape(lambda: self.build_module(config).init(
+        jax.random.PRNGKey(0), method="init_method_params"))
+    return sum(int(np.prod(x.shape))
+               for x in jax.tree.leaves(nn.meta.unbox(shapes["params"])))
+
+
+def _past(prompt: jax.Array, source: Optional[SourceStates],
+          batch: int) -> KvPrefix:
+  """[prompt ; source states] as a position-less KvPrefix.
+
+  Args:
+    prompt: [layers, 2, P, heads, head_dim].
+    source: the previous stage's states, or None (stage 1).
+  Returns:
+    keys/values [layers, batch or 1, P (+ Ls), heads, head_dim]; valid masks
+    the source padding.
+  """
+  key, value = prompt[:, 0][:, None], prompt[:, 1][:, None]
+  if source is None:
+    return KvPrefix(key=key, value=value)
+  shape = (key.shape[0], batch) + key.shape[2:]
+  join = lambda p, s: jnp.concatenate(
+      [jnp.broadcast_to(p.astype(s.dtype), shape), jnp.swapaxes(s, 0, 1)],
+      axis=2)
+  valid = jnp.concatenate(
+      [jnp.ones((batch, prompt.shape[2]), bool), source.valid], axis=1)
+  return KvPrefix(key=join(key, source.key), value=join(value, source.value),
+                  valid=valid)
+
+
+def _positions(batch: int, length: int) -> jax.Array:
+  """Each stage's own tokens hold positions 0..length-1."""
+  return jnp.broadcast_to(jnp.arange(length, dtype=jnp.int32),
+                          (batch, length))
+
+
+class MspDecoderOnly(transformer.DecoderOnly):
+  """A frozen DecoderOnly (params under decoder/...) driven in MSP's three
+  stages, with the encoder-decoder interface (encode / decode / __call__)."""
+
+  method: Any = None
+
+  def setup(self):
+    super().setup()
+    self.msp = self.method.stage_prompts(self.config)
+
+  @property
+  def decoder_start_token_id(self) -> int:
+    """Where decoding starts (read by EncoderDecoderModel's predict)."""
+    return self.method.separator_id
+
+  def init_method_params(self) -> None:
+    self.msp(ENCODING)
+
+  def _check_length(self, length: int, what: str) -> None:
+    limit = self.config.max_position_embeddings
+    if self.config.position_embedding == "absolute" and length > limit:
+      raise ValueError(
+          f"{what} length {length} exceeds the model's "
+          f"{limit} positions; MSP restarts positions in each stage, so "
+          f"source and target must each fit; truncate them to {limit}.")
+
+  def _source_stage(self, embedded: jax.Array, valid: jax.Array,
+                    prompt: jax.Array, previous: Optional[SourceStates],
+                    deterministic: bool) -> SourceStates:
+    """One pass of the source [batch, Ls, embed] under [prompt ; previous]."""
+    batch, length = valid.shape
+    # Causal among the source, and padding hidden from every query.
+    mask = masks.causal_mask(batch, length) & valid[:, None, None, :]
+    # The logits are unused; under jit XLA drops their computation (run
+    # eagerly, they cost one LM-head matmul per source stage).
+    _, kv = self.decoder(
+        embedded, positions=_positions(batch, length), self_mask=mask,
+        self_prefix=_past(prompt, previous, batch), return_kv=True,
+        deterministic=deterministic)
+    return SourceStates(key=jnp.swapaxes(kv.key, 0, 1),
+                        value=jnp.swapaxes(kv.value, 0, 1), valid=valid)
+
+  def source_states(self, encoder_input_tokens: jax.Array, *,
+                    enable_dropout: bool = False,
+                    **features) -> list[SourceStates]:
+    """Every source stage's states: [encoding, re-encoding 1, ..., n].
+
+    encoder_input_tokens: [batch, Ls] ids, 0 = padding.
+    """
+    del features
+    self._check_length(encoder_input_tokens.shape[1], "source")
+    deterministic = not enable_dropout
+    valid = jnp.asarray(encoder_input_tokens) > 0
+    embedded = self.decoder.embed(encoder_input_tokens)
+    states = [self._source_stage(embedded, valid, self.msp(ENCODING), None,
+                                 deterministic)]
+    reencoding_prompt = self.msp(REENCODING)
+    for _ in range(self.method.num_reencoding_stages):
+      states.append(self._source_stage(embedded, valid, reencoding_prompt,
+                                       states[-1], deterministic))
+    return states
+
+  def encode(self, encoder_input_tokens: jax.Array, *,
+             enable_dropout: bool = False, **features) -> SourceStates:
+    """The re-encoded source: keys/values [batch, layers, Ls, h, d]."""
+    return self.source_states(encoder_input_tokens,
+                              enable_dropout=enable_dropout, **features)[-1]
+
+  def decode(self, encoded: SourceStates, encoder_input_tokens: jax.Array,
+             decoder_input_tokens: jax.Array, *,
+             decoder_positions: Optional[jax.Array] = None,
+             enable_dropout: bool = False, decode: bool = False,
+             **features) -> jax.Array:
+    """Stage 3: logits [batch, q, vocab] for decoder inputs [batch, q].
+
+    Full (non-decode) inputs follow seqio's encoder-decoder converter, which
+    puts 0 in column 0; that column becomes the separator. Decode-mode
+    inputs are taken as they are (predict starts from the separator).
+    """
+    del encoder_input_tokens, features  # the source is in `encoded`
+    batch, q = decoder_input_tokens.shape
+    # In decode mode this catches the cache-sizing call (q = cache length).
+    self._check_length(q, "target")
+    tokens = jnp.asarray(decoder_input_tokens)
+    if not decode:
+      tokens = tokens.at[:, 0].set(self.method.separator_id)
+      if decoder_positions is None:
+        decoder_positions = _positions(batch, q)
+    return self.decoder(
+        self.decoder.embed(tokens), positions=decoder_positions,
+        decode=decode,
+        self_prefix=_past(self.msp(DECODING), encoded, batch),
+        deterministic=not enable_dropout)
+
+  def __call__(self, encoder_input_tokens: jax.Array,
+               decoder_input_tokens: jax.Array,
+               decoder_target_tokens: Optional[jax.Array] = None, *,
+               enable_dropout: bool = False, decode: bool = False,
+               **features) -> jax.Array:
+    """All three stages: logits [batch, q, vocab] for the target."""
+    del decoder_target_tokens  # causal masking keeps real tokens off padding
+    encoded = self.encode(encoder_input_tokens, enable_dropout=enable_dropout,
+                          **features)
+    return self.decode(encoded, encoder_input_tokens, decoder_input_tokens,
+                       enable_dropout=enable_dropout, decode=decode,
+                       **features)
