@@ -12,6 +12,7 @@ seqio and TFDS are needed only by the data pipeline and `prompt_tuning.tasks`.
 
 from prompt_tuning import methods
 from prompt_tuning import trainable
+from prompt_tuning.checkpoints.export import export_prompt
 from prompt_tuning.checkpoints.loader import load_pretrained
 from prompt_tuning.methods import initializers
 from prompt_tuning.methods.model_tuning import ModelTuning
@@ -29,5 +30,5 @@ from prompt_tuning.models.configs import TransformerConfig
 __all__ = [
     "DecoderOnlyModel", "DecodingOptions", "EncoderDecoderModel",
     "ModelTuning", "MultiStagePrompting", "MultiTaskPrompt", "PrefixTuning", "PromptTuning", "TransformerConfig",
-    "build_model", "fold", "initializers", "load_pretrained", "methods", "trainable",
+    "build_model", "export_prompt", "fold", "initializers", "load_pretrained", "methods", "trainable",
 ]

@@ -52,9 +52,10 @@ def _init(config, method, seed=0):
   return model, params
 
 
-def _batch(config):
-  return ENC_DEC_BATCH if config.architecture == "encoder_decoder" else (
-      DEC_BATCH)
+def _batch(model_or_config):
+  features = pt.build_model(model_or_config).FEATURES if isinstance(
+      model_or_config, pt.TransformerConfig) else model_or_config.FEATURES
+  return ENC_DEC_BATCH if "encoder_input_tokens" in features else DEC_BATCH
 
 
 def test_decoder_prompt_mask_prefix_lm_covers_the_prompt():
@@ -327,7 +328,7 @@ def _sequence_score(model, params, batch, tokens):
   length = tokens.shape[1]
   eos = np.where((tokens == 1).any(1), (tokens == 1).argmax(1), length - 1)
   weights = (np.arange(length)[None] <= eos[:, None]).astype(np.float32)
-  if model.config.architecture == "encoder_decoder":
+  if "encoder_input_tokens" in model.FEATURES:
     return model.score_batch(params, dict(
         batch, decoder_input_tokens=np.pad(tokens[:, :-1], ((0, 0), (1, 0))),
         decoder_target_tokens=tokens, decoder_loss_weights=weights))
@@ -349,12 +350,13 @@ def _sequence_score(model, params, batch, tokens):
 @pytest.mark.parametrize("config,method", [
     (T5, PromptTuning(length=3)),
     (GPT2, PrefixTuning(length=2)),
-], ids=["t5-prompt", "gpt2-prefix"])
+    (GPT2, pt.MultiStagePrompting(length=2, separator_id=3)),
+], ids=["t5-prompt", "gpt2-prefix", "gpt2-msp"])
 def test_beam_search_through_the_wrapper(config, method):
   """Beam scores (alpha 0) are the model's log-probs of the returned
   sequences, best first, and the best is at least as likely as greedy."""
   model, params = _init(config, method, seed=5)
-  batch = _batch(config)
+  batch = _batch(model)
   tokens, aux = model.predict_batch_with_aux(
       params, batch, decoder_params={"alpha": 0.0}, num_decodes=3,
       return_all_decodes=True)
