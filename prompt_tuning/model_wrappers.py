@@ -9,6 +9,7 @@ differentiate with respect to any subtree and keep the rest frozen.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any, Mapping, Optional
 
 import flax.linen as nn
@@ -22,6 +23,15 @@ from prompt_tuning.models.configs import TransformerConfig
 
 Batch = Mapping[str, jax.Array]
 Params = Any
+
+# The forward pass and the whole decoding loop are compiled once per model,
+# batch structure and decoding options, so calling the model from a notebook
+# (or a test) does not pay op-by-op dispatch or re-trace the decoding loop;
+# inside a caller's own jit these simply inline.
+_jit_forward = functools.partial(jax.jit, static_argnums=0)
+_jit_predict = functools.partial(
+    jax.jit, static_argnames=("self", "options", "prompt_with_targets",
+                              "num_decodes"))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -83,6 +93,10 @@ class BaseModel:
     model tuning)."""
     return (".*",) if self.method is None else self.method.trainable_patterns()
 
+  def _check_method_batch(self, batch: Batch) -> None:
+    if self.method is not None:
+      self.method.check_batch(batch)
+
   def _features(self, batch: Batch) -> dict[str, jax.Array]:
     """The extra batch features the method's module reads (e.g. task_ids)."""
     return {k: batch[k] for k in getattr(self.module, "extra_features", ())
@@ -104,6 +118,7 @@ class BaseModel:
               dropout_rng: Optional[jax.Array]
               ) -> tuple[jax.Array, dict[str, jax.Array]]:
     """Weighted token cross-entropy (+ z-loss); dropout iff an rng is given."""
+    self._check_method_batch(batch)
     logits = self.compute_logits(params, batch, dropout_rng)
     targets = batch["decoder_target_tokens"]
     weights = losses.maybe_weights(targets, batch.get("decoder_loss_weights"))
@@ -124,6 +139,7 @@ class BaseModel:
     """Per-example summed log-likelihood of the weighted targets: [batch]."""
     if return_intermediates:
       raise NotImplementedError("return_intermediates is not supported yet.")
+    self._check_method_batch(batch)
     logits = self.compute_logits(params, batch, None)
     targets = batch["decoder_target_tokens"]
     weights = losses.maybe_weights(targets, batch.get("decoder_loss_weights"))
@@ -152,14 +168,16 @@ class BaseModel:
     """
     if num_decodes < 1:
       raise ValueError(f"num_decodes={num_decodes} must be >= 1.")
+    self._check_method_batch(batch)
     options = dataclasses.replace(self.decoding_options,
                                   **dict(decoder_params or {}))
     if num_decodes > 1 and options.temperature == 0.0:
       options = dataclasses.replace(options, beam_size=num_decodes)
     elif options.beam_size > 1:
       num_decodes = options.beam_size
-    tokens, scores = self._predict(params, batch, rng, options,
-                                   prompt_with_targets, num_decodes)
+    tokens, scores = self._predict(params, batch, rng, options=options,
+                                   prompt_with_targets=prompt_with_targets,
+                                   num_decodes=num_decodes)
     if return_all_decodes:
       return tokens, {"scores": scores}
     return tokens[:, 0], {"scores": scores[:, 0]}
@@ -218,6 +236,7 @@ class EncoderDecoderModel(BaseModel):
         rng, jnp.ones(input_shapes["encoder_input_tokens"], jnp.int32),
         jnp.ones(input_shapes["decoder_input_tokens"], jnp.int32))
 
+  @_jit_forward
   def compute_logits(self, params, batch, dropout_rng=None):
     self._check_batch(batch, self.FEATURES)
     rngs = {"dropout": dropout_rng} if dropout_rng is not None else None
@@ -227,6 +246,7 @@ class EncoderDecoderModel(BaseModel):
         enable_dropout=dropout_rng is not None, rngs=rngs,
         **self._features(batch))
 
+  @_jit_predict
   def _predict(self, params, batch, rng, options, prompt_with_targets,
                num_decodes):
     """Decodes up to len(decoder_target_tokens) tokens after BOS (id 0)."""
@@ -277,6 +297,7 @@ class DecoderOnlyModel(BaseModel):
     return self.module.init(
         rng, jnp.ones(input_shapes["decoder_input_tokens"], jnp.int32))
 
+  @_jit_forward
   def compute_logits(self, params, batch, dropout_rng=None):
     self._check_batch(batch, self.FEATURES)
     rngs = {"dropout": dropout_rng} if dropout_rng is not None else None
@@ -287,6 +308,7 @@ class DecoderOnlyModel(BaseModel):
         enable_dropout=dropout_rng is not None, rngs=rngs,
         **self._features(batch))
 
+  @_jit_predict
   def _predict(self, params, batch, rng, options, prompt_with_targets,
                num_decodes):
     """Continues each prompt up to the feature length.

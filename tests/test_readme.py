@@ -6,7 +6,8 @@ from pathlib import Path
 README = Path(__file__).resolve().parents[1] / "README.md"
 
 
-def test_readme_notebook_example_runs(shared_fixtures):
+def test_readme_notebook_example_runs(shared_fixtures, tmp_path, monkeypatch):
+  monkeypatch.chdir(tmp_path)  # the example exports a prompt to ./my_prompt
   blocks = re.findall(r"```python\n(.*?)```", README.read_text(), re.S)
   example = blocks[0]
   placeholder = '"checkpoint_1100000", config="t5_1_1_base"'
@@ -17,6 +18,9 @@ def test_readme_notebook_example_runs(shared_fixtures):
        namespace)
   loss, metrics = namespace["loss"], namespace["metrics"]
   assert float(loss) > 0 and float(metrics["weight_sum"]) == 2.0
+  assert namespace["tokens"].shape == (1, 2)
+  assert set(namespace["grads"]) == {"prompt"}
+  assert (tmp_path / "my_prompt" / "prompt.npy").is_file()
 
 
 def test_readme_has_exactly_two_setup_commands():

@@ -40,6 +40,11 @@ class Method:
           f"{type(self).__name__} works with {self.architectures} models, "
           f"not a {config.architecture!r} one.")
 
+  def check_batch(self, batch) -> None:
+    """Checks a batch's values before the compiled model sees them (the
+    wrappers call it outside jit, where values are concrete)."""
+    del batch
+
   def build_module(self, config: TransformerConfig) -> nn.Module:
     """The network with this method attached."""
     self.check_config(config)

@@ -21,9 +21,9 @@ constant built from many single-task prompts: nothing trains, and one batch
 mixes all of them. The per-example prompts [batch, P, H] then go where
 `combine` puts them, exactly as in `PromptTuning`.
 
-Task ids outside [0, num_tasks): an error when the ids are concrete (eager
-calls, which is how the model wrappers run); under `jax.jit` they cannot be
-checked, and the example's prompt becomes NaN so its loss is NaN and the
+Task ids outside [0, num_tasks): an error when the ids are concrete (the
+model wrappers check every batch before their compiled forward pass); under
+a caller's `jax.jit` they cannot be checked, and the example's prompt becomes NaN so its loss is NaN and the
 mistake shows instead of silently reusing another task's prompt. Never
 clipped. Padding rows in task-token mode (first token 0) use task 0.
 """
@@ -278,6 +278,21 @@ class MultiTaskPrompt(base.Method):
             f"combine={self.combine!r}: decoder-only models take the prompt "
             "before their tokens ('prefix') or after BOS ('after_bos').")
 
+  def check_batch(self, batch) -> None:
+    """Out-of-range task ids (or task tokens) are an error here, where the
+    values are concrete; under a caller's jit they give NaN scores."""
+    if self.task_token_offset is not None:
+      tokens = batch.get("encoder_input_tokens")
+      if tokens is None or isinstance(tokens, jax.core.Tracer):
+        return
+      first = np.asarray(tokens)[:, 0]
+      ids = np.where(first == 0, 0, first - self.task_token_offset)
+    else:
+      ids = batch.get(TASK_IDS)
+      if ids is None or isinstance(ids, jax.core.Tracer):
+        return
+    _check_task_ids(np.asarray(ids), self.num_tasks, self.task_token_offset)
+
   def soft_prompt(self, config: TransformerConfig) -> MultiTaskSoftPrompt:
     return MultiTaskSoftPrompt(self, config.emb_dim, name="prompt")
 
@@ -383,7 +398,6 @@ class _MultiTaskHooks:
           "task_token_offset to read the task from a leading input token.")
     if not jnp.issubdtype(task_ids.dtype, jnp.integer):
       raise ValueError(f"task_ids must be integers; got {task_ids.dtype}.")
-    _check_task_ids(task_ids, m.num_tasks, m.task_token_offset)
     return tokens, task_ids.astype(jnp.int32)
 
   def soft_prompt(self, tokens: jax.Array, features: Mapping[str, jax.Array]
