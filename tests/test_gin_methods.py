@@ -44,8 +44,9 @@ def test_initializer_files_compose_with_prompt_tuning(parse, tmp_path):
   embedding = np.arange(40, dtype=np.float32).reshape(10, 4)
   method = parse("from_sampled_vocab", ["from_sampled_vocab.population_size"
                                         " = 3"])
-  rows = np.asarray(method.initializer(np.array([0, 1], np.uint32), (100, 4),
-                                       embedding))
+  with pytest.warns(UserWarning, match="with replacement"):
+    rows = np.asarray(method.initializer(np.array([0, 1], np.uint32),
+                                         (100, 4), embedding))
   assert set(rows[:, 0].tolist()) <= {0.0, 4.0, 8.0}
   np.save(tmp_path / "p.npy", np.ones((100, 4), np.float32))
   method = parse("from_file", [f"PROMPT_FILE = '{tmp_path / 'p.npy'}'"])

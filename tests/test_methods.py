@@ -248,6 +248,16 @@ def test_fold_gives_the_same_scores(reparameterization):
       model.score_batch(params, ENC_DEC_BATCH), atol=1e-5)
 
 
+def test_prefix_dropout_applies_only_with_a_dropout_rng():
+  model, params = _init(GPT2, PrefixTuning(length=2, dropout_rate=0.5))
+  plain = model.compute_logits(params, DEC_BATCH)
+  dropped = model.compute_logits(params, DEC_BATCH, jax.random.PRNGKey(0))
+  assert not np.allclose(plain, dropped, atol=1e-4)
+  no_dropout, _ = _init(GPT2, PrefixTuning(length=2))
+  np.testing.assert_allclose(no_dropout.compute_logits(params, DEC_BATCH),
+                             plain, atol=1e-6)
+
+
 def test_scaled_prefix_uses_max_of_alpha_and_one():
   model, params = _init(GPT2, PrefixTuning(length=2,
                                            reparameterization="scaled"))
@@ -284,6 +294,7 @@ METHODS = {
                                     mlp_dim=4)),
     "gpt2_prompt": (GPT2, PromptTuning(length=2)),
     "model_norms": (T5, ModelTuning(trainable=[r".*layer_norm/scale"])),
+    "msp": (GPT2, pt.MultiStagePrompting(length=2, separator_id=3)),
 }
 
 
@@ -292,7 +303,7 @@ def test_gradient_step_changes_only_trainable_tensors(name):
   config, method = METHODS[name]
   model, params = _init(config, method)
   train, frozen = trainable.split(params, model.trainable_patterns)
-  batch = _batch(config)
+  batch = _batch(model)
 
   def loss(train_params):
     return model.loss_fn(trainable.merge(train_params, frozen), batch,
