@@ -46,6 +46,7 @@ from prompt_tuning.methods import initializers
 from prompt_tuning.methods.prompt_tuning import PROMPT_AXES
 from prompt_tuning.methods.prompt_tuning import PromptDecoderOnly
 from prompt_tuning.methods.prompt_tuning import PromptEncoderDecoder
+from prompt_tuning.methods.prompt_tuning import load_prompt
 from prompt_tuning.methods.prompt_tuning import method_param
 from prompt_tuning.models.configs import TransformerConfig
 
@@ -104,16 +105,7 @@ def _load_bank(prompts: Any) -> np.ndarray:
   for i, source in enumerate(prompts):
     name = (repr(os.fspath(source)) if isinstance(source, (str, os.PathLike))
             else "(an array)")
-    if isinstance(source, (str, os.PathLike)):
-      if not os.path.exists(source):
-        raise FileNotFoundError(
-            f"prompt bank: task {i}'s prompt file {name} does not exist; pass "
-            "the .npy files written by pt.export_prompt.")
-      source = np.load(source)
-    array = np.asarray(source, np.float32)
-    if array.ndim != 2:
-      raise ValueError(f"prompt bank: task {i}'s prompt {name} must be "
-                       f"[P, H]; got shape {array.shape}.")
+    array = load_prompt(source, f"prompt bank: task {i}'s prompt")
     if arrays and array.shape != arrays[0].shape:
       raise ValueError(
           f"prompt bank: task {i}'s prompt {name} has shape {array.shape}, "

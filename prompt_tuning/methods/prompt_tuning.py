@@ -61,15 +61,20 @@ class SoftPrompt(nn.Module):
                         (self.length, self.features), PROMPT_AXES, embedding)
 
 
-def _load_constant(source: Union[str, os.PathLike, np.ndarray]) -> np.ndarray:
+def load_prompt(source: Union[str, os.PathLike, np.ndarray],
+                what: str = "the served prompt") -> np.ndarray:
+  """A float32 [P, H] prompt from an array or a .npy path; errors name
+  `what` and the file."""
+  name = "(an array)"
   if isinstance(source, (str, os.PathLike)):
+    name = repr(os.fspath(source))
     if not os.path.exists(source):
-      raise FileNotFoundError(f"prompt file {str(source)!r} does not exist; "
-                              "pass the .npy written by pt.export_prompt.")
+      raise FileNotFoundError(f"{what} file {name} does not exist; pass the "
+                              ".npy written by pt.export_prompt.")
     source = np.load(source)
   array = np.asarray(source, np.float32)
   if array.ndim != 2:
-    raise ValueError(f"a served prompt must be [P, H]; got shape "
+    raise ValueError(f"{what} {name} must be [P, H]; got shape "
                      f"{array.shape}.")
   return array
 
@@ -100,7 +105,7 @@ class PromptTuning(base.Method):
 
   def __post_init__(self):
     if self.prompt is not None:
-      constant = _load_constant(self.prompt)
+      constant = load_prompt(self.prompt)
       object.__setattr__(self, "prompt", constant)
       object.__setattr__(self, "length", constant.shape[0])
       if self.trainable is None:
