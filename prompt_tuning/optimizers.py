@@ -1,0 +1,55 @@
+"""Optimizers for the trainable subtree, with the papers' settings.
+
+Lester et al. 2021 train prompts with Adafactor: learning rate 0.3
+(constant), decay_rate 0.8, no parameter scaling, weight decay 1e-5. Tan et
+al. 2022 train MSP with Adam(0.9, 0.98, eps 1e-9) and the Transformer
+schedule: linear warmup to the peak over 4000 steps, then rsqrt decay. Both
+are gin-configurable; the optimizer only ever sees trainable parameters.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import gin
+import jax.numpy as jnp
+import optax
+
+
+@gin.configurable
+def rsqrt_schedule(peak: float, warmup_steps: int) -> optax.Schedule:
+  """peak * min(step / warmup, sqrt(warmup / step)), steps counted from 1."""
+  if warmup_steps < 1:
+    raise ValueError(f"warmup_steps={warmup_steps} must be >= 1.")
+
+  def schedule(count):
+    step = jnp.asarray(count, jnp.float32) + 1.0
+    return peak * jnp.minimum(step / warmup_steps,
+                              jnp.sqrt(warmup_steps / step))
+  return schedule
+
+
+@gin.configurable
+def adafactor(learning_rate: float = 0.3, decay_rate: float = 0.8,
+              multiply_by_parameter_scale: bool = False,
+              weight_decay_rate: Optional[float] = 1e-5,
+              clipping_threshold: Optional[float] = 1.0,
+              min_dim_size_to_factor: int = 128
+              ) -> optax.GradientTransformation:
+  """Adafactor with prompt tuning's defaults (constant learning rate)."""
+  return optax.adafactor(
+      learning_rate=learning_rate, decay_rate=decay_rate,
+      multiply_by_parameter_scale=multiply_by_parameter_scale,
+      weight_decay_rate=weight_decay_rate,
+      clipping_threshold=clipping_threshold,
+      min_dim_size_to_factor=min_dim_size_to_factor)
+
+
+@gin.configurable
+def adam(learning_rate: float = 7e-4, b1: float = 0.9, b2: float = 0.98,
+         eps: float = 1e-9, warmup_steps: Optional[int] = 4000,
+         weight_decay: float = 0.0) -> optax.GradientTransformation:
+  """Adam(W) with MSP's defaults; warmup_steps None keeps lr constant."""
+  lr = (learning_rate if warmup_steps is None
+        else rsqrt_schedule(learning_rate, warmup_steps))
+  return optax.adamw(lr, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay)

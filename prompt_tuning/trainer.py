@@ -1,0 +1,126 @@
+"""The jitted training step over the trainable subtree only.
+
+Frozen weights are an input of the step, never part of its state: they get
+no gradient buffers and no optimizer state (DESIGN.md principle 1), so a
+run's state is the trainable params, the optimizer state and the step.
+Gradients are accumulated over microbatches with `lax.scan`; a step whose
+loss or gradients are not finite leaves the state unchanged, and
+`check_finite` turns that into one clear error for the training loop.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Mapping, Optional
+
+import flax
+import jax
+import jax.numpy as jnp
+import optax
+
+from prompt_tuning import model_wrappers
+from prompt_tuning import trainable
+
+Params = Any
+Batch = Mapping[str, jax.Array]
+
+
+@flax.struct.dataclass
+class TrainState:
+  """What a run saves: step, trainable params and their optimizer state."""
+
+  step: jax.Array
+  params: Params
+  opt_state: Any
+
+
+def init_state(model: model_wrappers.BaseModel, params: Params,
+               optimizer: optax.GradientTransformation
+               ) -> tuple[TrainState, Params]:
+  """(state over the trainable subtree, the frozen rest).
+
+  The state gets its own copy of the trainable arrays: the step donates its
+  state, and the caller's params must stay usable.
+  """
+  train, frozen = trainable.split(params, model.trainable_patterns)
+  train = jax.tree.map(jnp.copy, train)
+  return TrainState(jnp.zeros((), jnp.int32), train,
+                    optimizer.init(train)), frozen
+
+
+def _split_microbatches(batch: Batch, num_microbatches: int) -> Batch:
+  def split(x):
+    if x.shape[0] % num_microbatches:
+      raise ValueError(
+          f"batch size {x.shape[0]} is not divisible by num_microbatches="
+          f"{num_microbatches}; pick a divisor of the batch size.")
+    return x.reshape((num_microbatches, -1) + x.shape[1:])
+  return jax.tree.map(lambda x: split(jnp.asarray(x)), dict(batch))
+
+
+def make_train_step(model: model_wrappers.BaseModel,
+                    optimizer: optax.GradientTransformation,
+                    num_microbatches: int = 1
+                    ) -> Callable[..., tuple[TrainState, dict[str, Any]]]:
+  """A jitted `step(state, frozen, batch, dropout_rng) -> (state, metrics)`.
+
+  The loss is summed over microbatches (T5X's accumulation: with the default
+  unnormalized loss, k microbatches give exactly the full batch's gradient).
+  `dropout_rng` None trains without dropout. The state buffers are donated.
+  """
+  if num_microbatches < 1:
+    raise ValueError(f"num_microbatches={num_microbatches} must be >= 1.")
+
+  def loss_and_grads(train, frozen, batch, rng):
+    def loss(t):
+      value, metrics = model.loss_fn(trainable.merge(t, frozen), batch, rng)
+      return value, metrics
+    return jax.value_and_grad(loss, has_aux=True)(train)
+
+  def step(state: TrainState, frozen: Params, batch: Batch,
+           dropout_rng: Optional[jax.Array] = None):
+    if num_microbatches == 1:
+      (loss, metrics), grads = loss_and_grads(state.params, frozen, batch,
+                                              dropout_rng)
+    else:
+      micro = _split_microbatches(batch, num_microbatches)
+
+      def accumulate(carry, inputs):
+        index, mb = inputs
+        rng = (None if dropout_rng is None
+               else jax.random.fold_in(dropout_rng, index))
+        (loss, metrics), grads = loss_and_grads(state.params, frozen, mb, rng)
+        carry = jax.tree.map(jnp.add, carry, (loss, metrics, grads))
+        return carry, None
+
+      zeros = jax.eval_shape(
+          lambda: loss_and_grads(state.params, frozen,
+                                 jax.tree.map(lambda x: x[0], micro),
+                                 dropout_rng))
+      zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), zeros)
+      init = (zeros[0][0], zeros[0][1], zeros[1])
+      (loss, metrics, grads), _ = jax.lax.scan(
+          accumulate, init, (jnp.arange(num_microbatches), micro))
+      metrics = dict(metrics, accuracy=metrics["accuracy"] / num_microbatches)
+    updates, opt_state = optimizer.update(grads, state.opt_state,
+                                          state.params)
+    new = TrainState(state.step + 1, optax.apply_updates(state.params,
+                                                         updates), opt_state)
+    finite = jnp.isfinite(loss) & jnp.all(jnp.asarray(
+        [jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grads)]))
+    # A non-finite step changes nothing, so the last good state survives.
+    new = jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, state)
+    metrics = dict(metrics, loss=loss, finite=finite,
+                   grad_norm=optax.tree.norm(grads))
+    return new, metrics
+
+  return jax.jit(step, donate_argnums=(0,))
+
+
+def check_finite(metrics: Mapping[str, Any], step: int) -> None:
+  """Raises one clear error when a step's loss or gradients were not finite."""
+  if not bool(metrics["finite"]):
+    raise FloatingPointError(
+        f"step {step}: the loss is {float(metrics['loss'])} (or a gradient is "
+        "not finite); the step was not applied and the last good state is "
+        "kept. Lower the learning rate, check the inputs for empty targets, "
+        "or hold the frozen weights in float32.")
