@@ -109,6 +109,14 @@ class BaseModel:
           f"batch lacks {missing}; {type(self).__name__} needs the T5X "
           f"features {list(required)} (got {sorted(batch)}).")
 
+  def abstract_params(self) -> Params:
+    """Boxed ShapeDtypeStructs (logical names, no arrays) of every param."""
+    shapes = {k: (1, 1) for k in ("encoder_input_tokens",
+                                  "decoder_input_tokens")
+              if k in self.FEATURES}
+    return jax.eval_shape(lambda: self.get_initial_variables(
+        jax.random.PRNGKey(0), shapes))["params"]
+
   def compute_logits(self, params: Params, batch: Batch,
                      dropout_rng: Optional[jax.Array] = None) -> jax.Array:
     """float32 logits [batch, length, vocab]; dropout iff an rng is given."""

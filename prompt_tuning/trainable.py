@@ -13,7 +13,6 @@ from typing import Any, Sequence
 
 import flax
 import flax.linen as nn
-import jax
 
 Params = Any
 
@@ -49,18 +48,9 @@ def merge(trainable: Params, frozen: Params) -> Params:
   return flax.traverse_util.unflatten_dict(flat, sep="/")
 
 
-def count(params: Params) -> int:
-  """Number of scalars in a tree."""
-  return sum(int(getattr(x, "size", 1)) for x in _flat(params).values())
-
-
 def count_trainable(model) -> tuple[int, int]:
   """(trainable, frozen) scalar counts of a model, from shapes alone."""
-  shapes = {k: (1, 1) for k in ("encoder_input_tokens", "decoder_input_tokens")
-            if k in model.FEATURES}
-  abstract = jax.eval_shape(
-      lambda: model.get_initial_variables(jax.random.PRNGKey(0), shapes))
-  params = nn.meta.unbox(abstract["params"])
+  params = nn.meta.unbox(model.abstract_params())
   patterns = model.trainable_patterns
   flat = _flat(params)
   train = sum(int(v.size) for n, v in flat.items()

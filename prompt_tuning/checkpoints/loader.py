@@ -101,12 +101,8 @@ def infer_t5x_config(shapes: dict[str, tuple[int, ...]]) -> TransformerConfig:
 
 def expected_params(model: model_wrappers.BaseModel) -> dict[str, Any]:
   """{name: boxed ShapeDtypeStruct with logical names} for a model."""
-  shapes = {k: (1, 1) for k in ("encoder_input_tokens", "decoder_input_tokens")
-            if k in model.FEATURES}
-  abstract = jax.eval_shape(
-      lambda: model.get_initial_variables(jax.random.PRNGKey(0), shapes))
   return flax.traverse_util.flatten_dict(
-      abstract["params"], sep="/",
+      model.abstract_params(), sep="/",
       is_leaf=lambda _, x: isinstance(x, nn.LogicallyPartitioned))
 
 

@@ -206,6 +206,13 @@ def from_sampled_vocab(population_size: int = 5000) -> Initializer:
   return init
 
 
+def _first_rows(rng, shape, embedding, fallback: Initializer,
+                rows: Optional[jax.Array]) -> jax.Array:
+  """`rows` [n, H] in the first n positions, the rest from `fallback`."""
+  base = jnp.asarray(fallback(rng, tuple(shape), embedding), jnp.float32)
+  return base if rows is None else base.at[:rows.shape[0]].set(rows)
+
+
 def from_class_labels(labels: Sequence[TokensOrText],
                       vocabulary: Optional[Vocabulary] = None,
                       fallback: Optional[Initializer] = None) -> Initializer:
@@ -237,12 +244,11 @@ def from_class_labels(labels: Sequence[TokensOrText],
           f"length {shape[0]}; use a prompt length >= {len(label_ids)}.")
     for label, ids in zip(labels, label_ids):
       _check_ids_in_vocab(ids, embedding, f"from_class_labels: label {label!r}")
-    base = jnp.asarray(fallback(rng, tuple(shape), embedding), jnp.float32)
     if not label_ids:
-      return base
+      return _first_rows(rng, shape, embedding, fallback, None)
     rows = jnp.stack([_embed(ids, embedding).mean(axis=0)
                       for ids in label_ids])
-    return base.at[:len(label_ids)].set(rows)
+    return _first_rows(rng, shape, embedding, fallback, rows)
 
   return init
 
@@ -268,8 +274,7 @@ def from_text(text: TokensOrText, vocabulary: Optional[Vocabulary] = None,
           f"length {shape[0]}; shorten the text or use a prompt length >= "
           f"{len(ids)}.")
     _check_ids_in_vocab(ids, embedding, f"from_text: {text!r}")
-    base = jnp.asarray(fallback(rng, tuple(shape), embedding), jnp.float32)
-    return base.at[:len(ids)].set(_embed(ids, embedding))
+    return _first_rows(rng, shape, embedding, fallback, _embed(ids, embedding))
 
   return init
 

@@ -173,10 +173,8 @@ class MultiStagePrompting(base.Method):
 
   def num_params(self, config: TransformerConfig) -> int:
     """MSP's parameter count for `config`, from shapes only (no arrays)."""
-    shapes = jax.eval_shape(lambda: self.build_module(config).init(
-        jax.random.PRNGKey(0), method="init_method_params"))
-    return sum(int(np.prod(x.shape))
-               for x in jax.tree.leaves(nn.meta.unbox(shapes["params"])))
+    params = nn.meta.unbox(self.build_model(config).abstract_params())
+    return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(params["msp"]))
 
 
 def _past(prompt: jax.Array, source: Optional[SourceStates],
