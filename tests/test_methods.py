@@ -225,6 +225,17 @@ def test_prefix_positions_shift_vs_none(config):
         got, nn.apply(forward, plain.module)({"params": base}), atol=1e-5)
 
 
+@pytest.mark.parametrize("kind", ["encoder_self", "decoder_self", "cross"])
+def test_each_prefix_kind_alone_steers_the_model(kind):
+  """A prefix on any one attention kind reaches the outputs: every
+  example's score differs from the plain frozen model's."""
+  model, params = _init(T5, PrefixTuning(length=2, kinds=[kind]))
+  base = {k: v for k, v in params.items() if k != "prefix"}
+  plain = pt.build_model(T5).score_batch(base, ENC_DEC_BATCH)
+  scores = model.score_batch(params, ENC_DEC_BATCH)
+  assert np.all(np.abs(scores - plain) > 1e-6)
+
+
 def test_prefix_kinds_select_attentions():
   model, params = _init(T5, PrefixTuning(length=2, kinds=["cross"]))
   assert set(params["prefix"]) == {"cross"}
