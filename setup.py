@@ -30,6 +30,10 @@ INSTALL_REQUIRES = [
     "seqio>=0.0.20,<0.1",  # Pulls tensorflow-text, hence tensorflow.
     "tensorflow-datasets>=4.9.0,<5",
     "sacrebleu>=2.0.0,<3",  # 2.0 introduced the metrics.BLEU API.
+    "clu>=0.0.12,<0.1",  # Metric writers (TensorBoard summaries).
+    "tensorboard>=2.16,<3",  # clu's TensorBoard writer imports it.
+    "tqdm>=4.60,<5",
+    "absl-py>=2.0,<3",  # The binaries' T5X-style flags.
     "tensorstore>=0.1.84,<0.2",  # orbax-checkpoint 0.12.8 needs >=0.1.84.
     "msgpack>=1.0.0,<2",  # 1.0 changed unpacking defaults (raw=False).
     "numpy>=2.0,<3",  # jax 0.10 needs numpy>=2.0.
@@ -67,4 +71,11 @@ setuptools.setup(
     include_package_data=False,
     install_requires=INSTALL_REQUIRES,
     extras_require={"test": TEST_REQUIRES},
+    entry_points={
+        "console_scripts": [
+            "prompt_tuning.train = prompt_tuning.train:console_main",
+            "prompt_tuning.eval = prompt_tuning.eval:console_main",
+            "prompt_tuning.infer = prompt_tuning.infer:console_main",
+        ],
+    },
 )

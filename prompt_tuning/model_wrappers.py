@@ -13,6 +13,7 @@ import functools
 from typing import Any, Mapping, Optional
 
 import flax.linen as nn
+import gin
 import jax
 import jax.numpy as jnp
 
@@ -34,6 +35,7 @@ _jit_predict = functools.partial(
                               "num_decodes"))
 
 
+@gin.configurable
 @dataclasses.dataclass(frozen=True)
 class DecodingOptions:
   """How `predict_batch` picks tokens.
@@ -86,6 +88,8 @@ class BaseModel:
     self.loss_normalizing_factor = loss_normalizing_factor
     self.decoding_options = decoding_options
     self.method = method
+    # Where the frozen base was read from (set by `load_pretrained`).
+    self.base_path: Optional[str] = None
 
   @property
   def trainable_patterns(self) -> tuple[str, ...]:

@@ -5,6 +5,8 @@ Lester et al. 2021 train prompts with Adafactor: learning rate 0.3
 al. 2022 train MSP with Adam(0.9, 0.98, eps 1e-9) and the Transformer
 schedule: linear warmup to the peak over 4000 steps, then rsqrt decay. Both
 are gin-configurable; the optimizer only ever sees trainable parameters.
+Both keep their hyper-parameters in the optimizer state
+(`optax.inject_hyperparams`), so the learning rate can be reported.
 """
 
 from __future__ import annotations
@@ -37,7 +39,12 @@ def adafactor(learning_rate: float = 0.3, decay_rate: float = 0.8,
               min_dim_size_to_factor: int = 128
               ) -> optax.GradientTransformation:
   """Adafactor with prompt tuning's defaults (constant learning rate)."""
-  return optax.adafactor(
+  # Only the learning rate is a traced hyper-parameter; the rest steer
+  # Python control flow (e.g. which dims to factor) and must stay static.
+  return optax.inject_hyperparams(
+      optax.adafactor, static_args=("decay_rate", "multiply_by_parameter_scale",
+                                    "weight_decay_rate", "clipping_threshold",
+                                    "min_dim_size_to_factor"))(
       learning_rate=learning_rate, decay_rate=decay_rate,
       multiply_by_parameter_scale=multiply_by_parameter_scale,
       weight_decay_rate=weight_decay_rate,
@@ -52,4 +59,17 @@ def adam(learning_rate: float = 7e-4, b1: float = 0.9, b2: float = 0.98,
   """Adam(W) with MSP's defaults; warmup_steps None keeps lr constant."""
   lr = (learning_rate if warmup_steps is None
         else rsqrt_schedule(learning_rate, warmup_steps))
-  return optax.adamw(lr, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay)
+  return optax.inject_hyperparams(optax.adamw)(
+      lr, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay)
+
+
+def learning_rate(opt_state) -> Optional[float]:
+  """The learning rate the last update used, for progress and summaries.
+
+  Both optimizers here keep it in their state (`inject_hyperparams`); a
+  user's own optax transformation may not, then None.
+  """
+  hyperparams = getattr(opt_state, "hyperparams", None)
+  if not hyperparams or "learning_rate" not in hyperparams:
+    return None
+  return float(hyperparams["learning_rate"])

@@ -39,9 +39,19 @@ LOGICAL_AXIS_RULES: Rules = (
 
 @gin.configurable
 def make_mesh(data: int = -1, model: int = 1,
-              devices: Optional[Sequence[jax.Device]] = None) -> Mesh:
-  """A ('data', 'model') mesh; data=-1 takes all devices left over."""
+              devices: Optional[Sequence[jax.Device]] = None,
+              num_devices: Optional[int] = None) -> Mesh:
+  """A ('data', 'model') mesh; data=-1 takes all devices left over.
+
+  num_devices uses only the first N devices (e.g. 1 to compare a run with
+  its single-device twin); None uses them all.
+  """
   devices = list(jax.devices() if devices is None else devices)
+  if num_devices is not None:
+    if not 1 <= num_devices <= len(devices):
+      raise ValueError(f"make_mesh.num_devices={num_devices}; there are "
+                       f"{len(devices)} devices.")
+    devices = devices[:num_devices]
   if model <= 0 or len(devices) % model:
     raise ValueError(
         f"model={model} must divide the {len(devices)} available devices.")

@@ -35,20 +35,21 @@ def _perturb(model: torch.nn.Module) -> None:
       p.add_(0.1 * torch.randn_like(p))
 
 
-def tiny_t5_v1_1(tmp_path, fmt: str = "safetensors"):
+def tiny_t5_v1_1(tmp_path, fmt: str = "safetensors", vocab_size: int = 128):
   """T5.1.1-style: gated GELU, untied LM head, logits not rescaled."""
   torch.manual_seed(0)
   config = transformers.T5Config(
       feed_forward_proj="gated-gelu", tie_word_embeddings=False, d_model=16,
       d_kv=4, num_heads=4, d_ff=32, num_layers=2, num_decoder_layers=2,
-      vocab_size=128, relative_attention_num_buckets=8,
+      vocab_size=vocab_size, relative_attention_num_buckets=8,
       relative_attention_max_distance=20, decoder_start_token_id=0,
       pad_token_id=0, eos_token_id=1)
   model = transformers.T5ForConditionalGeneration(config)
   # transformers 5 turns tie_word_embeddings=False into
   # scale_decoder_outputs=False and still ties lm_head to shared; give it a
   # weight of its own, and drop the tie so save_pretrained writes it.
-  model.lm_head.weight = torch.nn.Parameter(torch.randn(128, 16) * 0.25)
+  model.lm_head.weight = torch.nn.Parameter(
+      torch.randn(vocab_size, 16) * 0.25)
   model.all_tied_weights_keys.pop("lm_head.weight", None)
   assert model.lm_head.weight is not model.shared.weight
   _perturb(model)

@@ -8,6 +8,7 @@ process reads only the slices its own devices hold.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import re
@@ -138,6 +139,7 @@ def load_pretrained(path: str, *, config: ConfigLike = None,
                     method: Any = None, mesh: Optional[Mesh] = None,
                     rules: partitioning.Rules = partitioning.LOGICAL_AXIS_RULES,
                     param_dtype: str = "float32", seed: int = 0,
+                    config_overrides: Optional[dict[str, Any]] = None,
                     **model_kwargs
                     ) -> tuple[model_wrappers.BaseModel, dict[str, Any]]:
   """Loads a frozen base: returns (T5X-interface model, {"params": ...}).
@@ -157,6 +159,9 @@ def load_pretrained(path: str, *, config: ConfigLike = None,
       map to on `mesh` (default: the first device, unsharded).
     param_dtype: dtype the weights are held in ("float32" or "bfloat16").
     seed: seeds the method's parameter initializers.
+    config_overrides: TransformerConfig fields to change after the
+      architecture is resolved (e.g. {"dropout_rate": 0.1}); they must not
+      change parameter shapes.
     model_kwargs: forwarded to the wrapper (eos_id, label_smoothing, ...).
   """
   fmt = detect_format(path)
@@ -179,7 +184,10 @@ def load_pretrained(path: str, *, config: ConfigLike = None,
     for name, (_, dtype) in metadata.items():
       _check_dtype(name, dtype)
 
+  if config_overrides:
+    config = dataclasses.replace(config, **config_overrides)
   model = model_wrappers.build_model(config, method=method, **model_kwargs)
+  model.base_path = os.path.abspath(path)
   expected = expected_params(model_wrappers.build_model(config))
   check_names_and_shapes(found, {n: b.value.shape for n, b in
                                  expected.items()}, f"checkpoint {path!r}")

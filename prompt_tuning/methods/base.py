@@ -40,6 +40,10 @@ class Method:
           f"{type(self).__name__} works with {self.architectures} models, "
           f"not a {config.architecture!r} one.")
 
+  def positions_taken(self) -> int:
+    """Sequence positions the method's inputs occupy (the input budget)."""
+    return 0
+
   def check_batch(self, batch) -> None:
     """Checks a batch's values before the compiled model sees them (the
     wrappers call it outside jit, where values are concrete)."""

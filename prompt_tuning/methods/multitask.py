@@ -227,6 +227,9 @@ class MultiTaskPrompt(base.Method):
     .npy paths or arrays, e.g. single-task prompts from pt.export_prompt)."""
     return cls(prompts=list(prompts), **kwargs)
 
+  def positions_taken(self) -> int:
+    return self.length
+
   def layout_fn(self) -> combine_lib.LayoutFn:
     return combine_lib.get_layout(self.combine)
 

@@ -121,6 +121,9 @@ class PrefixTuning(base.Method):
       if unknown or not self.kinds:
         raise ValueError(f"kinds={self.kinds}; choose from {KINDS}.")
 
+  def positions_taken(self) -> int:
+    return self.length if self.positions == "shift" else 0
+
   def kinds_for(self, config: TransformerConfig) -> tuple[str, ...]:
     available = (KINDS if config.architecture == "encoder_decoder"
                  else ("decoder_self",))

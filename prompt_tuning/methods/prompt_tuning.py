@@ -119,6 +119,9 @@ class PromptTuning(base.Method):
     """An inference-only prompt served from a .npy file."""
     return cls(prompt=path, **kwargs)
 
+  def positions_taken(self) -> int:
+    return self.length
+
   def layout_fn(self) -> combine_lib.LayoutFn:
     return combine_lib.get_layout(self.combine)
 

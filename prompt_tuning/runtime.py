@@ -1,0 +1,126 @@
+"""What the three binaries share: the model from gin, trained params, logs.
+
+`load_model` is the gin-facing front of `pt.load_pretrained`: the frozen
+base from INITIAL_CHECKPOINT_PATH (T5X, Orbax or Hugging Face; read as it
+is, never rewritten), the method from METHOD, placed on the run's mesh.
+`load_trained` then swaps in what a run learned, from a run dir, one of its
+checkpoints, or a prompt file.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any, Optional
+
+import gin
+import jax
+import numpy as np
+from jax.sharding import Mesh
+
+from prompt_tuning import model_wrappers
+from prompt_tuning import partitioning
+from prompt_tuning import run_checkpoints
+from prompt_tuning import trainable
+from prompt_tuning.checkpoints import loader
+from prompt_tuning.methods import prompt_tuning as prompt_lib
+
+Params = Any
+
+
+@gin.configurable
+def load_model(initial_checkpoint_path: str = gin.REQUIRED,
+               model_config: Any = None, method: Any = None,
+               param_dtype: str = "float32", dropout_rate: float = 0.0,
+               label_smoothing: float = 0.0, z_loss: float = 0.0,
+               loss_normalizing_factor: Any = None,
+               decoding_options: Optional[
+                   model_wrappers.DecodingOptions] = None,
+               random_seed: int = 0, mesh: Optional[Mesh] = None
+               ) -> tuple[model_wrappers.BaseModel, Params]:
+  """(model, params): the frozen base + the method's fresh parameters.
+
+  Args:
+    initial_checkpoint_path: the base (INITIAL_CHECKPOINT_PATH).
+    model_config: the architecture (MODEL_CONFIG: a TransformerConfig from a
+      models/*.gin file, a shipped model name, or None for checkpoints that
+      store it).
+    method: METHOD (None: the plain model, all weights train).
+    param_dtype: dtype of the frozen weights ("bfloat16" halves their
+      memory); the method's parameters are always float32.
+    dropout_rate: DROPOUT_RATE; 0 turns dropout off in the frozen model.
+    label_smoothing, z_loss, loss_normalizing_factor: loss options.
+    decoding_options: how predictions decode (greedy by default).
+    random_seed: RANDOM_SEED, seeds the method's initializers.
+    mesh: where the params go (default: the first device).
+  """
+  if not initial_checkpoint_path:
+    raise ValueError("INITIAL_CHECKPOINT_PATH is not set; point it at the "
+                     "frozen base (a T5X, Orbax or Hugging Face checkpoint).")
+  kwargs = dict(label_smoothing=label_smoothing, z_loss=z_loss,
+                loss_normalizing_factor=loss_normalizing_factor)
+  if decoding_options is not None:
+    kwargs["decoding_options"] = decoding_options
+  model, variables = loader.load_pretrained(
+      initial_checkpoint_path, config=model_config, method=method, mesh=mesh,
+      rules=partitioning.LOGICAL_AXIS_RULES, param_dtype=param_dtype,
+      seed=random_seed, config_overrides={"dropout_rate": dropout_rate},
+      **kwargs)
+  return model, variables["params"]
+
+
+def is_prompt_file(path: str) -> bool:
+  return os.path.isfile(path) and path.endswith(".npy")
+
+
+def load_trained(model: model_wrappers.BaseModel, params: Params,
+                 checkpoint_path: str) -> tuple[Params, str]:
+  """`params` with the trainable part replaced by a run's; (params, label).
+
+  checkpoint_path: a run's MODEL_DIR (its newest checkpoint), one of its
+  `checkpoint_<step>` dirs, a `numpy_checkpoints/checkpoint_<step>` dir, or
+  a prompt `.npy` file (the [P, H] prompt of prompt tuning). label names
+  what was loaded, for logs and output file names.
+  """
+  if is_prompt_file(checkpoint_path):
+    return _with_prompt_file(model, params, checkpoint_path), (
+        os.path.splitext(os.path.basename(checkpoint_path))[0])
+  if not os.path.exists(checkpoint_path):
+    raise FileNotFoundError(
+        f"CHECKPOINT_PATH {checkpoint_path!r} does not exist; set it to a "
+        "training run's MODEL_DIR, one of its checkpoint_<step> dirs, or a "
+        "prompt .npy file.")
+  numpy_file = os.path.join(checkpoint_path, "prompt.npy")
+  if os.path.isfile(numpy_file):
+    return _with_prompt_file(model, params, numpy_file), (
+        os.path.basename(os.path.normpath(checkpoint_path)))
+  train, frozen = trainable.split(params, model.trainable_patterns)
+  abstract = jax.tree.map(
+      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
+      train)
+  restored, step = run_checkpoints.restore_params(checkpoint_path, abstract)
+  logging.info("Restored the trained params of step %d from %s", step,
+               checkpoint_path)
+  return trainable.merge(restored, frozen), f"checkpoint_{step}"
+
+
+def _with_prompt_file(model: model_wrappers.BaseModel, params: Params,
+                      path: str) -> Params:
+  """params with prompt/prompt set from a [P, H] .npy file (shape checked)."""
+  if not isinstance(model.method, prompt_lib.PromptTuning):
+    kind = type(model.method).__name__ if model.method else "no method"
+    raise ValueError(
+        f"{path}: a prompt file serves PromptTuning's [P, H] prompt, but the "
+        f"run's METHOD is {kind}; point CHECKPOINT_PATH at the run's "
+        "MODEL_DIR instead.")
+  array = prompt_lib.load_prompt(path)
+  current = params["prompt"]["prompt"]
+  if array.shape != current.shape:
+    raise ValueError(
+        f"the prompt in {path} has shape {tuple(array.shape)}, but the model "
+        f"expects {tuple(current.shape)} (PROMPT_LENGTH x the model width); "
+        "set PROMPT_LENGTH to the file's length and use the model it was "
+        "trained with.")
+  value = jax.device_put(np.asarray(array, current.dtype), current.sharding)
+  return dict(params, prompt=dict(params["prompt"], prompt=value))
+

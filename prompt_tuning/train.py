@@ -1,0 +1,272 @@
+r"""The `train` binary: T5X-style, gin-configured prompt / prefix / model tuning.
+
+  python -m prompt_tuning.train \
+    --gin_file=models/t5_1_1_base.gin \
+    --gin_file=runs/prompt_finetune.gin \
+    --gin_file=methods/prompt_tuning.gin \
+    --gin.MODEL_DIR="'/tmp/rte'" \
+    --gin.INITIAL_CHECKPOINT_PATH="'/ckpts/t5_1_1_lm100k_base/checkpoint_1100000'" \
+    --gin.MIXTURE_OR_TASK_NAME="'super_glue_rte_v102'" \
+    --gin.TASK_FEATURE_LENGTHS="{'inputs': 512, 'targets': 8}" \
+    --gin.TRAIN_STEPS=30000
+
+Only the trainable subtree is optimized and saved; the frozen base is read
+from INITIAL_CHECKPOINT_PATH and never written. A run resumes from the newest
+checkpoint in MODEL_DIR, with the same data position, so a killed run
+restarted with the same command ends where an uninterrupted one would.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Any, Optional
+
+import gin
+import jax
+import numpy as np
+import optax
+
+from prompt_tuning import data
+from prompt_tuning import gin_utils
+from prompt_tuning import optimizers
+from prompt_tuning import partitioning
+from prompt_tuning import run_checkpoints
+from prompt_tuning import runtime
+from prompt_tuning import summaries
+from prompt_tuning import trainable
+from prompt_tuning import trainer
+
+MODEL_INFO_FILE = "model_info.json"
+
+
+def _check_steps(total_steps: int, **periods: int) -> None:
+  if total_steps < 1:
+    raise ValueError(f"TRAIN_STEPS={total_steps} must be >= 1.")
+  for name, value in periods.items():
+    if value < 1:
+      raise ValueError(f"train.{name}={value} must be >= 1.")
+
+
+def _abstract(tree: Any) -> Any:
+  return jax.tree.map(
+      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
+      tree)
+
+
+def _write_json_atomic(path: str, value: Any) -> None:
+  if jax.process_index() != 0:
+    return
+  tmp = f"{path}.tmp-{os.getpid()}"
+  with open(tmp, "w", encoding="utf-8") as f:
+    json.dump(value, f, indent=2, sort_keys=True, default=str)
+  os.replace(tmp, path)
+
+
+def _model_info(model: Any, base: str, rows: dict[str, Any]) -> dict[str, Any]:
+  return {"initial_checkpoint_path": base,
+          "method": repr(model.method),
+          "trainable_patterns": list(model.trainable_patterns),
+          "config": dataclasses.asdict(model.config), **rows}
+
+
+@dataclasses.dataclass
+class TrainResult:
+  """What `train` returns: the final step, its metrics and the params
+  (trainable merged with the frozen base, on the run's mesh)."""
+
+  step: int
+  metrics: dict[str, Any]
+  params: Any
+
+
+class _PeriodMetrics:
+  """Host-side sums of per-step metrics between summary writes."""
+
+  def __init__(self):
+    self.reset()
+
+  def reset(self) -> None:
+    self.loss = self.correct = self.weights = 0.0
+    self.steps = 0
+
+  def add(self, metrics: dict[str, Any]) -> None:
+    weight = float(metrics["weight_sum"])
+    self.loss += float(metrics["loss"])
+    self.correct += float(metrics["accuracy"]) * weight
+    self.weights += weight
+    self.steps += 1
+
+  def scalars(self) -> dict[str, float]:
+    return {"loss": self.loss / max(self.steps, 1),
+            "loss_per_token": self.loss / max(self.weights, 1.0),
+            "accuracy": self.correct / max(self.weights, 1.0)}
+
+
+@gin.configurable
+def train(*, model_dir: str = gin.REQUIRED,
+          train_dataset_cfg: data.DatasetConfig = gin.REQUIRED,
+          train_eval_dataset_cfg: Optional[data.DatasetConfig] = None,
+          infer_eval_dataset_cfg: Optional[data.DatasetConfig] = None,
+          optimizer: optax.GradientTransformation = gin.REQUIRED,
+          total_steps: int = gin.REQUIRED, eval_period: int = 1000,
+          eval_steps: Optional[int] = 20, checkpoint_period: int = 1000,
+          keep_checkpoints: Optional[int] = None, num_microbatches: int = 1,
+          random_seed: int = 0, log_period: int = 100) -> TrainResult:
+  """Trains the method's parameters.
+
+  Args:
+    model_dir: MODEL_DIR: checkpoints, numpy prompt exports, summaries,
+      config.gin and model_info.json go here.
+    train_dataset_cfg: the training data (global batch size).
+    train_eval_dataset_cfg: teacher-forced eval data (loss, accuracy),
+      summarised under MODEL_DIR/training_eval every eval_period steps.
+    infer_eval_dataset_cfg: decoding / scoring eval with the task's seqio
+      metrics, under MODEL_DIR/inference_eval every eval_period steps.
+    optimizer: an optax transformation; sees only trainable params.
+    total_steps: TRAIN_STEPS, counted over resumes.
+    eval_period, eval_steps: how often, and how many train_eval batches
+      (None: the whole split).
+    checkpoint_period, keep_checkpoints: save every N steps (and at the
+      end), keeping the newest `keep_checkpoints` (None: all).
+    num_microbatches: gradient accumulation over this many slices.
+    random_seed: RANDOM_SEED for dropout and the shuffle order.
+    log_period: steps between train summaries (and log lines off a TTY).
+  """
+  _check_steps(total_steps, eval_period=eval_period,
+               checkpoint_period=checkpoint_period, log_period=log_period)
+  # Everything that can reject the input happens before MODEL_DIR is touched.
+  mesh = partitioning.make_mesh()
+  model, params = runtime.load_model(mesh=mesh)
+  if train_dataset_cfg.shuffle and train_dataset_cfg.seed is None:
+    train_dataset_cfg = dataclasses.replace(train_dataset_cfg,
+                                            seed=random_seed)
+  train_ds = data.get_dataset(train_dataset_cfg, model)
+  for cfg in (train_eval_dataset_cfg, infer_eval_dataset_cfg):
+    if cfg is not None:
+      data.get_task(cfg.mixture_or_task_name, cfg.module)
+      data.check_feature_lengths(model, cfg.task_feature_lengths)
+  state, frozen = trainer.init_state(model, params, optimizer)
+  del params
+  base = model.base_path
+  os.makedirs(model_dir, exist_ok=True)
+  checkpoints = run_checkpoints.RunCheckpoints(model_dir, keep_checkpoints)
+  if checkpoints.latest_step() is not None:
+    state, info = checkpoints.restore(_abstract(state))
+    if info.get("initial_checkpoint_path") not in (None, base):
+      raise ValueError(
+          f"MODEL_DIR {model_dir!r} holds a run on the base "
+          f"{info['initial_checkpoint_path']!r}, not INITIAL_CHECKPOINT_PATH "
+          f"{base!r}; use a new MODEL_DIR for a new base.")
+  start = int(state.step)
+
+  rows = summaries.start_rows(model, state.params, frozen, mesh)
+  rows.update({
+      "task": train_dataset_cfg.mixture_or_task_name,
+      "batch": (f"{train_dataset_cfg.batch_size} global, "
+                f"{train_dataset_cfg.batch_size // jax.process_count()} per "
+                f"process, {num_microbatches} microbatch(es); lengths "
+                f"{dict(train_dataset_cfg.task_feature_lengths)}"),
+      "steps": (f"{start} -> {total_steps}" + (" (resumed)" if start else "")),
+      "model_dir": os.path.abspath(model_dir),
+  })
+  summaries.screen("train", rows)
+  gin_utils.write_config(model_dir)
+  _write_json_atomic(os.path.join(model_dir, MODEL_INFO_FILE),
+                     _model_info(model, base, rows))
+
+  step_fn = trainer.make_train_step(model, optimizer, num_microbatches)
+  dropout_key = (jax.random.PRNGKey(random_seed)
+                 if model.config.dropout_rate > 0 else None)
+  batches = data.iterate(train_ds, skip=start)
+  writers = summaries.MetricWriters(model_dir)
+  progress = summaries.Progress(total_steps, start, log_period)
+  throughput = summaries.Throughput(train_dataset_cfg.batch_size)
+  period = _PeriodMetrics()
+  evaluator = None
+  last: dict[str, Any] = {}
+  pending = None  # (step, metrics) of the step before: read one step late
+
+  def record(step: int, metrics: dict[str, Any]) -> None:
+    trainer.check_finite(metrics, step)
+    period.add(metrics)
+    rate = throughput.step()
+    lr = optimizers.learning_rate(state.opt_state)
+    progress.update(step, float(metrics["loss"]) / max(
+        float(metrics["weight_sum"]), 1.0), lr, rate)
+    if step % log_period == 0 or step == total_steps:
+      scalars = dict(period.scalars(), examples_per_second=rate)
+      if lr is not None:
+        scalars["learning_rate"] = lr
+      writers.write("train", step, scalars)
+      last["train"] = scalars
+      period.reset()
+      throughput.reset()
+
+  try:
+    for step in range(start + 1, total_steps + 1):
+      batch = data.to_global(next(batches), mesh)
+      rng = (None if dropout_key is None
+             else jax.random.fold_in(dropout_key, step))
+      state, metrics = step_fn(state, frozen, batch, rng)
+      if pending is not None:
+        record(*pending)
+      pending = (step, metrics)
+      if step % checkpoint_period == 0 or step == total_steps:
+        record(*pending)
+        pending = None
+        checkpoints.save(state, {"initial_checkpoint_path": base,
+                                 "data_position": step},
+                         model=model, frozen=frozen)
+      if step % eval_period == 0 or step == total_steps:
+        if pending is not None:
+          record(*pending)
+          pending = None
+        params = trainable.merge(state.params, frozen)
+        if train_eval_dataset_cfg is not None:
+          from prompt_tuning import evaluation  # pylint: disable=g-import-not-at-top
+          scalars = evaluation.training_eval(
+              model, params, train_eval_dataset_cfg, mesh, eval_steps)
+          writers.write("training_eval", step, scalars)
+          last["training_eval"] = scalars
+        if infer_eval_dataset_cfg is not None:
+          from prompt_tuning import evaluation  # pylint: disable=g-import-not-at-top
+          if evaluator is None:
+            evaluator = evaluation.Evaluator(
+                model, infer_eval_dataset_cfg, mesh,
+                log_dir=os.path.join(model_dir, "inference_eval"))
+          last["inference_eval"] = evaluator.evaluate(params, step)
+  finally:
+    progress.close()
+    writers.close()
+    checkpoints.close()
+
+  gin_utils.write_operative_config(model_dir)
+  end = {}
+  for kind, values in last.items():
+    if kind == "inference_eval":
+      for task, metrics in values.items():
+        end[f"{kind} {task}"] = summaries.format_metrics(metrics)
+    else:
+      end[kind] = summaries.format_metrics(values)
+  end["checkpoints"] = ", ".join(
+      f"checkpoint_{s}" for s in sorted(
+          run_checkpoints.RunCheckpoints(model_dir).all_steps()))
+  if run_checkpoints.exportable(model):
+    end["prompt (.npy)"] = os.path.join(
+        os.path.abspath(model_dir), run_checkpoints.NUMPY_DIR,
+        f"checkpoint_{total_steps}")
+  end["summaries"] = (f"{os.path.abspath(model_dir)}/{{train,training_eval,"
+                      "inference_eval}} (TensorBoard + metrics.jsonl)")
+  summaries.screen(f"done: step {total_steps}", end)
+  return TrainResult(int(state.step), last,
+                     trainable.merge(state.params, frozen))
+
+
+def console_main(argv=None) -> None:
+  gin_utils.run(train, argv)
+
+
+if __name__ == "__main__":
+  console_main()

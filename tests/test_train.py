@@ -1,0 +1,215 @@
+"""The `train` binary's loop: it learns, freezes, resumes, and ignores the mesh.
+
+Runs call `train()` in-process with gin bindings (the command-line front is
+tested in test_binaries.py) on tiny models and the tiny seqio tasks of
+`seqio_test_tasks`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import pathlib
+
+import flax
+import gin
+import jax
+import numpy as np
+import pytest
+
+import prompt_tuning as pt
+from prompt_tuning import data
+from prompt_tuning import optimizers
+from prompt_tuning import run_checkpoints
+from prompt_tuning import train as train_lib
+from prompt_tuning import trainable
+from prompt_tuning.checkpoints import t5x
+
+import hf_models
+import seqio_test_tasks
+
+TASK = seqio_test_tasks.COPY
+LENGTHS = seqio_test_tasks.FEATURE_LENGTHS
+
+TINY = pt.TransformerConfig(
+    architecture="encoder_decoder", vocab_size=264, emb_dim=16, num_heads=4,
+    head_dim=4, mlp_dim=32, num_encoder_layers=2, num_decoder_layers=2,
+    mlp_activations=("gelu", "linear"), norm="rms",
+    relative_attention_num_buckets=8, relative_attention_max_distance=16)
+
+
+@pytest.fixture(autouse=True)
+def clean_gin():
+  gin.clear_config()
+  yield
+  gin.clear_config()
+
+
+@pytest.fixture(scope="module")
+def tiny_base(tmp_path_factory) -> str:
+  """A random tiny T5.1.1 written as a T5X checkpoint."""
+  path = str(tmp_path_factory.mktemp("base") / "checkpoint_0")
+  model = pt.build_model(TINY)
+  variables = model.get_initial_variables(
+      jax.random.PRNGKey(0), {"encoder_input_tokens": (1, 8),
+                              "decoder_input_tokens": (1, 8)})
+  t5x.write_t5x_checkpoint(
+      jax.device_get(flax.linen.meta.unbox(variables["params"])), path)
+  return path
+
+
+def dataset(split="train", shuffle=True, batch_size=8) -> data.DatasetConfig:
+  return data.DatasetConfig(TASK, LENGTHS, split, batch_size, shuffle)
+
+
+def bind_model(base, config=TINY, method=None, mesh=(1, 1)):
+  gin.bind_parameter("load_model.initial_checkpoint_path", base)
+  gin.bind_parameter("load_model.model_config", config)
+  gin.bind_parameter("load_model.method",
+                     method or pt.PromptTuning(length=4))
+  gin.bind_parameter("make_mesh.data", mesh[0])
+  gin.bind_parameter("make_mesh.model", mesh[1])
+  gin.bind_parameter("make_mesh.num_devices", mesh[0] * mesh[1])
+
+
+# One fixed batch (the 16 validation examples, unshuffled): the loss of a
+# random tiny base falls visibly within a few steps.
+ONE_BATCH = data.DatasetConfig(TASK, LENGTHS, "validation", 16, False)
+
+
+def run(model_dir, total_steps, **kwargs) -> train_lib.TrainResult:
+  options = dict(model_dir=str(model_dir), train_dataset_cfg=dataset(),
+                 optimizer=optimizers.adafactor(), total_steps=total_steps,
+                 eval_period=1000, checkpoint_period=4, log_period=1)
+  options.update(kwargs)
+  return train_lib.train(**options)
+
+
+def train_losses(model_dir) -> list[float]:
+  path = pathlib.Path(model_dir) / "train" / "metrics.jsonl"
+  return [json.loads(line)["loss_per_token"]
+          for line in path.read_text().splitlines()]
+
+
+def tree_digest(directory) -> dict[str, str]:
+  return {str(p.relative_to(directory)): hashlib.sha256(
+      p.read_bytes()).hexdigest()
+          for p in sorted(pathlib.Path(directory).rglob("*")) if p.is_file()}
+
+
+def assert_frozen_untouched(result, base, config, method, base_dir):
+  """Trainable params moved; frozen ones equal the base bit for bit."""
+  model, initial = pt.load_pretrained(base, config=config, method=method)
+  initial = initial["params"]
+  trained, frozen = trainable.split(result.params, model.trainable_patterns)
+  start, base_params = trainable.split(initial, model.trainable_patterns)
+  for a, b in zip(jax.tree.leaves(frozen), jax.tree.leaves(base_params)):
+    assert np.asarray(a).dtype == np.asarray(b).dtype
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  assert jax.tree.structure(frozen) == jax.tree.structure(base_params)
+  for a, b in zip(jax.tree.leaves(trained), jax.tree.leaves(start)):
+    assert not np.array_equal(np.asarray(a), np.asarray(b))
+  del base_dir
+
+
+def test_training_lowers_the_loss_and_moves_only_the_prompt(tiny_base,
+                                                            tmp_path):
+  before = tree_digest(os.path.dirname(tiny_base))
+  method = pt.PromptTuning(length=4)
+  bind_model(tiny_base, method=method)
+  result = run(tmp_path / "run", total_steps=24,
+               optimizer=optimizers.adafactor(learning_rate=1.0))
+  losses = train_losses(tmp_path / "run")
+  assert len(losses) == 24
+  assert np.mean(losses[-4:]) < np.mean(losses[:4]) - 0.05
+  assert_frozen_untouched(result, tiny_base, TINY, method, tmp_path)
+  # The base checkpoint's files are byte-identical after the run.
+  assert tree_digest(os.path.dirname(tiny_base)) == before
+  run_dir = tmp_path / "run"
+  # Only trainable params + optimizer state are saved, never the base.
+  saved = run_checkpoints.RunCheckpoints(str(run_dir))
+  assert saved.all_steps() == [4, 8, 12, 16, 20, 24]
+  prompt = np.load(run_dir / "numpy_checkpoints" / "checkpoint_24" /
+                   "prompt.npy")
+  np.testing.assert_array_equal(prompt,
+                                np.asarray(result.params["prompt"]["prompt"]))
+  assert (run_dir / "config.gin").is_file()
+  info = json.loads((run_dir / "model_info.json").read_text())
+  assert info["initial_checkpoint_path"] == os.path.abspath(tiny_base)
+
+
+def test_t5x_fixture_as_base(shared_fixtures, tmp_path):
+  base = str(shared_fixtures / "t5x_t5_1_1_tiny" / "checkpoint_3")
+  before = tree_digest(base)
+  method = pt.PromptTuning(length=3)
+  bind_model(base, config="t5_1_1_tiny", method=method)
+  result = run(tmp_path / "run", total_steps=12, train_dataset_cfg=ONE_BATCH,
+               optimizer=optimizers.adafactor(learning_rate=1.0))
+  losses = train_losses(tmp_path / "run")
+  assert np.mean(losses[-3:]) < np.mean(losses[:3])
+  assert_frozen_untouched(result, base, "t5_1_1_tiny", method, tmp_path)
+  assert tree_digest(base) == before
+
+
+def test_hugging_face_base(tmp_path):
+  _, base = hf_models.tiny_t5_v1_1(tmp_path / "hf", vocab_size=264)
+  before = tree_digest(base)
+  method = pt.PromptTuning(length=3)
+  bind_model(base, config=None, method=method)
+  result = run(tmp_path / "run", total_steps=12, train_dataset_cfg=ONE_BATCH,
+               optimizer=optimizers.adafactor(learning_rate=1.0))
+  losses = train_losses(tmp_path / "run")
+  assert np.mean(losses[-3:]) < np.mean(losses[:3])
+  assert_frozen_untouched(result, base, None, method, tmp_path)
+  assert tree_digest(base) == before
+
+
+class _Killed(Exception):
+  pass
+
+
+def test_kill_and_resume_equals_an_uninterrupted_run(tiny_base, tmp_path,
+                                                     monkeypatch):
+  bind_model(tiny_base)
+  full = run(tmp_path / "full", total_steps=10)
+
+  real_iterate = data.iterate
+
+  def dies_after_six_batches(ds, skip=0):
+    for i, batch in enumerate(real_iterate(ds, skip)):
+      if skip == 0 and i == 6:
+        raise _Killed()  # after checkpoint_4, in the middle of step 7
+      yield batch
+
+  monkeypatch.setattr(data, "iterate", dies_after_six_batches)
+  with pytest.raises(_Killed):
+    run(tmp_path / "resumed", total_steps=10)
+  saved = run_checkpoints.RunCheckpoints(str(tmp_path / "resumed"))
+  assert saved.latest_step() == 4
+  resumed = run(tmp_path / "resumed", total_steps=10)
+  assert resumed.step == full.step == 10
+  for a, b in zip(jax.tree.leaves(full.params),
+                  jax.tree.leaves(resumed.params)):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  # Steps 5..10 of the resumed run saw the batches the full run saw.
+  np.testing.assert_allclose(train_losses(tmp_path / "resumed")[-6:],
+                             train_losses(tmp_path / "full")[-6:],
+                             rtol=1e-6)
+
+
+def test_a_2x4_mesh_gives_the_single_device_loss(tiny_base, tmp_path):
+  if jax.device_count() < 8:
+    pytest.skip("needs 8 simulated devices (see conftest.py)")
+  bind_model(tiny_base, mesh=(1, 1))
+  single = run(tmp_path / "single", total_steps=3, checkpoint_period=100)
+  gin.clear_config()
+  bind_model(tiny_base, mesh=(2, 4))
+  mesh = run(tmp_path / "mesh", total_steps=3, checkpoint_period=100)
+  np.testing.assert_allclose(train_losses(tmp_path / "mesh"),
+                             train_losses(tmp_path / "single"), atol=1e-5)
+  prompt = mesh.params["prompt"]["prompt"]
+  assert prompt.sharding.mesh.shape == {"data": 2, "model": 4}
+  for a, b in zip(jax.tree.leaves(single.params),
+                  jax.tree.leaves(mesh.params)):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-5)
