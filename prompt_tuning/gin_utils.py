@@ -44,6 +44,10 @@ CONFIG_FILENAME = "config.gin"
 
 # Exit status for a usage error (argparse's; absl's app.run uses 1 for all).
 USAGE_EXIT_CODE = 2
+# Errors that name bad input (see `run`); anything else keeps its traceback.
+INPUT_ERRORS = (FileNotFoundError, NotADirectoryError, ValueError,
+                FloatingPointError)
+INPUT_ERROR_EXIT_CODE = 1
 
 # How to set the macros that are usually set by a whole gin file.
 _MACRO_HINTS = {
@@ -349,7 +353,8 @@ def parse_gin(gin_files: Sequence[str], gin_bindings: Sequence[str],
   resolved = [resolve_gin_file(name, paths) for name in gin_files]
   for name, path in zip(gin_files, resolved):
     try:
-      gin.parse_config_file(path)
+      with _quiet_include_probes():
+        gin.parse_config_file(path)
     except _GIN_ERRORS as e:
       raise UsageError(f"gin file {name}: {_describe(e)}") from e
   for binding in gin_bindings:  # One at a time, to name the bad one.
@@ -364,6 +369,25 @@ def parse_gin(gin_files: Sequence[str], gin_bindings: Sequence[str],
       gin.finalize()
   except _GIN_ERRORS as e:
     raise UsageError(_describe_finalize_error(e)) from e
+
+
+class _quiet_include_probes:  # pylint: disable=invalid-name
+  """Drops gin's "Path not found" log lines while it resolves includes.
+
+  gin probes each search path for an `include`d file and logs an ERROR for
+  every miss, even when a later path has the file; a missing file is still
+  reported, as one UsageError.
+  """
+
+  @staticmethod
+  def filter(record: logging.LogRecord) -> bool:
+    return not str(record.msg).startswith("Path not found")
+
+  def __enter__(self):
+    logging.getLogger().addFilter(self.filter)
+
+  def __exit__(self, *exc):
+    logging.getLogger().removeFilter(self.filter)
 
 
 def check_required_arguments(main_fn: Callable[..., Any]) -> None:
@@ -403,7 +427,8 @@ def run(main_fn: Callable[[], Any],
 
   Raises:
     SystemExit: 2 after a one-line message on stderr, for a `UsageError`
-      (including one raised by `main_fn`); 0 after `--help`.
+      (including one raised by `main_fn`); 1 after a one-line message for
+      bad input `main_fn` reports (INPUT_ERRORS); 0 after `--help`.
   """
   prog = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else (
       main_fn.__name__)
@@ -426,6 +451,15 @@ def run(main_fn: Callable[[], Any],
     message = getattr(e, "message", None) or str(e)
     sys.stderr.write(f"{prog}: error: {_one_line(message)}\n")
     raise SystemExit(USAGE_EXIT_CODE) from e
+  except INPUT_ERRORS as e:
+    # Bad input found while running (a missing checkpoint, an unknown task,
+    # a prompt of the wrong shape, a NaN loss): one line, not a traceback.
+    # gin appends "In call to configurable ..." lines; the first line is the
+    # message. PROMPT_TUNING_TRACEBACK=1 shows the whole trace.
+    if os.environ.get("PROMPT_TUNING_TRACEBACK") == "1":
+      raise
+    sys.stderr.write(f"{prog}: error: {_first_line(e)}\n")
+    raise SystemExit(INPUT_ERROR_EXIT_CODE) from e
 
 
 def write_config(model_dir: str) -> Optional[str]:

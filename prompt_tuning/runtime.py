@@ -18,6 +18,8 @@ import jax
 import numpy as np
 from jax.sharding import Mesh
 
+from prompt_tuning import data
+from prompt_tuning import evaluation
 from prompt_tuning import model_wrappers
 from prompt_tuning import partitioning
 from prompt_tuning import run_checkpoints
@@ -124,3 +126,32 @@ def _with_prompt_file(model: model_wrappers.BaseModel, params: Params,
   value = jax.device_put(np.asarray(array, current.dtype), current.sharding)
   return dict(params, prompt=dict(params["prompt"], prompt=value))
 
+
+def check_output_dir(output_dir: str, macro: str) -> None:
+  """Fails early when `output_dir` cannot be a directory we write into."""
+  if not output_dir:
+    raise ValueError(
+        f"{macro} is not set; set --gin.{macro}=\"'/path/to/dir'\".")
+  if os.path.exists(output_dir) and not os.path.isdir(output_dir):
+    raise ValueError(
+        f"{macro} {output_dir!r} is a file, not a directory; point it at a "
+        "directory (it is created if missing).")
+
+
+def load_trained_model(dataset_cfg: data.DatasetConfig,
+                       checkpoint_path: str
+                       ) -> tuple[Mesh, model_wrappers.BaseModel, Params, str]:
+  """(mesh, model, trained params, label) for the eval and infer binaries.
+
+  The task is looked up first, so a typo fails before the model loads. The
+  mesh comes from gin (`make_mesh`), the frozen base and method from gin
+  (`load_model`), the trained part from CHECKPOINT_PATH (`label` names it:
+  `checkpoint_<step>` or the prompt file's name).
+  """
+  data.get_task(dataset_cfg.mixture_or_task_name, dataset_cfg.module)
+  mesh = partitioning.make_mesh()
+  model, params = load_model(mesh=mesh)
+  data.check_feature_lengths(model, dataset_cfg.task_feature_lengths)
+  evaluation.check_batch_size(dataset_cfg.batch_size, mesh)
+  params, label = load_trained(model, params, checkpoint_path)
+  return mesh, model, params, label

@@ -38,6 +38,14 @@ from prompt_tuning import summaries
 from prompt_tuning import trainable
 from prompt_tuning import trainer
 
+if __name__ == "__main__":
+  # `python -m prompt_tuning.train`: run the copy of this module that gin
+  # files import (`import prompt_tuning.train`), so `train` is registered
+  # once, under its package name, and `train.*` bindings are unambiguous.
+  from prompt_tuning import train as _registered  # pylint: disable=import-self
+  _registered.console_main()
+  raise SystemExit(0)
+
 MODEL_INFO_FILE = "model_info.json"
 
 
@@ -267,6 +275,3 @@ def train(*, model_dir: str = gin.REQUIRED,
 def console_main(argv=None) -> None:
   gin_utils.run(train, argv)
 
-
-if __name__ == "__main__":
-  console_main()

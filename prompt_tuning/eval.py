@@ -1,0 +1,104 @@
+"""The eval binary: seqio metrics of a trained run or prompt on a split.
+
+  prompt_tuning.eval \
+    --gin_file=models/t5_1_1_base.gin --gin_file=methods/prompt_tuning.gin \
+    --gin_file=runs/prompt_eval.gin \
+    --gin.CHECKPOINT_PATH="'/tmp/run'" --gin.EVAL_OUTPUT_DIR="'/tmp/eval'"
+
+Writes under EVAL_OUTPUT_DIR (seqio's loggers, T5X's layout):
+`<task>/events.out.tfevents.*` (TensorBoard, tags `eval/<metric>`),
+`<task>-metrics.jsonl` (one line per evaluation), `<task>-<step>.jsonl`
+(every example with its prediction and/or score) and `config.gin`.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from typing import Any, Optional, Sequence
+
+import gin
+import jax
+
+from prompt_tuning import data
+from prompt_tuning import evaluation
+from prompt_tuning import gin_utils
+from prompt_tuning import runtime
+from prompt_tuning import summaries
+from prompt_tuning import trainable
+
+if __name__ == "__main__":
+  # `python -m prompt_tuning.eval`: run the copy of this module that gin
+  # files import, so `evaluate` is registered once, under its package name.
+  from prompt_tuning import eval as _registered  # pylint: disable=import-self
+  _registered.console_main()
+  raise SystemExit(0)
+
+
+def step_of(label: str) -> int:
+  """The training step a `checkpoint_<step>` label names; 0 for others
+  (a prompt file has no step)."""
+  match = re.fullmatch(r"checkpoint_(\d+)", label)
+  return int(match.group(1)) if match else 0
+
+
+@gin.configurable
+def evaluate(*, dataset_cfg: data.DatasetConfig, checkpoint_path: str,
+             output_dir: str) -> dict[str, dict[str, Any]]:
+  """Evaluates a trained run (or prompt file) with its tasks' seqio metrics.
+
+  Args:
+    dataset_cfg: the split to evaluate (@DatasetConfig(), usually
+      validation).
+    checkpoint_path: CHECKPOINT_PATH: a run's MODEL_DIR (its newest
+      checkpoint), one of its checkpoint_<step> dirs, or a prompt .npy file.
+    output_dir: EVAL_OUTPUT_DIR, where metrics and inferences go.
+
+  Returns:
+    {task: {metric: value}} on process 0 ({} on the others).
+  """
+  runtime.check_output_dir(output_dir, "EVAL_OUTPUT_DIR")
+  mesh, model, params, label = runtime.load_trained_model(
+      dataset_cfg, checkpoint_path)
+  train, frozen = trainable.split(params, model.trainable_patterns)
+  summaries.screen("eval", dict(
+      summaries.start_rows(model, train, frozen, mesh),
+      task=f"{dataset_cfg.mixture_or_task_name} ({dataset_cfg.split})",
+      checkpoint=f"{checkpoint_path} ({label})"))
+  evaluator = evaluation.Evaluator(model, dataset_cfg, mesh,
+                                   log_dir=output_dir)
+  if not evaluator.task_names:
+    raise gin_utils.UsageError(
+        f"{dataset_cfg.mixture_or_task_name!r} has no task with a "
+        f"{dataset_cfg.split!r} split and metrics to evaluate; check "
+        "DatasetConfig.split and the task's metric_fns.")
+  step = step_of(label)
+  metrics = evaluator.evaluate(params, step)
+  evaluator.close()
+  if jax.process_index() == 0:
+    gin_utils.write_operative_config(output_dir)
+    summaries.screen("eval done", _summary_rows(metrics, output_dir, step))
+  return metrics
+
+
+def _summary_rows(metrics: dict[str, dict[str, Any]], output_dir: str,
+                  step: int) -> dict[str, str]:
+  rows = {}
+  for task, values in sorted(metrics.items()):
+    rows[task] = ", ".join(
+        f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
+        for k, v in sorted(values.items()))
+  tasks = sorted(metrics)
+  rows["TensorBoard"] = ", ".join(os.path.join(output_dir, t) for t in tasks)
+  rows["metrics"] = ", ".join(
+      os.path.join(output_dir, f"{t}-metrics.jsonl") for t in tasks)
+  inferences = [os.path.join(output_dir, f"{t}-{step:06}.jsonl")
+                for t in tasks]
+  rows["inferences"] = ", ".join(
+      p for p in inferences if os.path.exists(p)) or "(none)"
+  return rows
+
+
+def console_main(argv: Optional[Sequence[str]] = None) -> None:
+  gin_utils.run(evaluate, argv)
+
