@@ -47,8 +47,19 @@ class DatasetConfig:
   module: Optional[str] = None  # Imported first: it registers the task.
 
 
+def _hide_accelerators_from_tensorflow() -> None:
+  """The input pipeline runs on the host; without this, TensorFlow would
+  reserve GPU memory that JAX needs (T5X does the same)."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  try:
+    tf.config.set_visible_devices([], "GPU")
+  except RuntimeError:  # TensorFlow already placed ops; too late to hide.
+    pass
+
+
 def get_task(name: str, module: Optional[str] = None) -> Any:
   """The registered seqio Task or Mixture; a clear error when unknown."""
+  _hide_accelerators_from_tensorflow()
   import seqio  # pylint: disable=g-import-not-at-top
   importlib.import_module("prompt_tuning.tasks")
   if module:

@@ -265,8 +265,9 @@ def train(*, model_dir: str = gin.REQUIRED,
     end["prompt (.npy)"] = os.path.join(
         os.path.abspath(model_dir), run_checkpoints.NUMPY_DIR,
         f"checkpoint_{total_steps}")
-  end["summaries"] = (f"{os.path.abspath(model_dir)}/{{train,training_eval,"
-                      "inference_eval}} (TensorBoard + metrics.jsonl)")
+  end["summaries"] = (f"{os.path.abspath(model_dir)}/"
+                      "{train,training_eval,inference_eval} "
+                      "(TensorBoard + metrics.jsonl)")
   summaries.screen(f"done: step {total_steps}", end)
   return TrainResult(int(state.step), last,
                      trainable.merge(state.params, frozen))

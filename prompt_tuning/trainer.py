@@ -6,6 +6,7 @@ run's state is the trainable params, the optimizer state and the step.
 Gradients are accumulated over microbatches with `lax.scan`; a step whose
 loss or gradients are not finite leaves the state unchanged, and
 `check_finite` turns that into one clear error for the training loop.
+A step whose update would make a parameter non-finite counts as such.
 """
 
 from __future__ import annotations
@@ -105,8 +106,11 @@ def make_train_step(model: model_wrappers.BaseModel,
                                           state.params)
     new = TrainState(state.step + 1, optax.apply_updates(state.params,
                                                          updates), opt_state)
+    # The updated params are checked too: an absurd learning rate can turn
+    # finite gradients into inf params, which must never be saved.
     finite = jnp.isfinite(loss) & jnp.all(jnp.asarray(
-        [jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grads)]))
+        [jnp.all(jnp.isfinite(x)) for x in
+         jax.tree.leaves((grads, new.params))]))
     # A non-finite step changes nothing, so the last good state survives.
     new = jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, state)
     metrics = dict(metrics, loss=loss, finite=finite,

@@ -16,6 +16,7 @@ import flax
 import gin
 import jax
 import numpy as np
+import optax
 import pytest
 
 import prompt_tuning as pt
@@ -213,3 +214,84 @@ def test_a_2x4_mesh_gives_the_single_device_loss(tiny_base, tmp_path):
   for a, b in zip(jax.tree.leaves(single.params),
                   jax.tree.leaves(mesh.params)):
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-5)
+
+
+def test_a_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(
+    tiny_base, tmp_path):
+  bind_model(tiny_base)
+  run(tmp_path / "run", total_steps=4)
+  before = tree_digest(tmp_path / "run" / "checkpoint_4")
+  # z_loss = nan makes every later loss NaN.
+  gin.bind_parameter("load_model.z_loss", float("nan"))
+  with pytest.raises(FloatingPointError, match="step 5: the loss is nan"):
+    run(tmp_path / "run", total_steps=8)
+  saved = run_checkpoints.RunCheckpoints(str(tmp_path / "run"))
+  assert saved.all_steps() == [4]
+  assert tree_digest(tmp_path / "run" / "checkpoint_4") == before
+
+
+def test_a_non_finite_update_is_not_applied(tiny_base, tmp_path):
+  """Finite loss and gradients, but an update that overflows the params."""
+  bind_model(tiny_base)
+  with pytest.raises(FloatingPointError, match="step 1"):
+    run(tmp_path / "run", total_steps=2,
+        optimizer=optax.sgd(float("inf")))
+  assert not (tmp_path / "run" / "checkpoint_2").exists()
+
+
+GPT2_TINY = pt.TransformerConfig(
+    architecture="decoder_only", vocab_size=264, emb_dim=16, num_heads=2,
+    head_dim=8, mlp_dim=32, num_encoder_layers=0, num_decoder_layers=3,
+    mlp_activations=("gelu_new",), norm="layer", norm_epsilon=1e-5,
+    use_bias=True, position_embedding="absolute",
+    max_position_embeddings=64, logits_via_embedding=True,
+    scale_tied_logits=False, scale_attention_logits=True)
+
+
+@pytest.fixture(scope="module")
+def gpt2_base(tmp_path_factory) -> str:
+  path = str(tmp_path_factory.mktemp("gpt2_base") / "checkpoint_0")
+  model = pt.build_model(GPT2_TINY)
+  variables = model.get_initial_variables(
+      jax.random.PRNGKey(1), {"decoder_input_tokens": (1, 8)})
+  t5x.write_t5x_checkpoint(
+      jax.device_get(flax.linen.meta.unbox(variables["params"])), path)
+  return path
+
+
+# Every method through the binary's loop, with decoding evaluation: the
+# seqio features reach each method (MSP reads encoder-decoder features on a
+# decoder-only LM; the multitask prompt picks its task from the leading
+# input token, 'c' = byte 99 + 3 offset = id 102 -> task 0).
+METHODS = {
+    "prefix_tuning": (TINY, pt.PrefixTuning(length=3)),
+    "model_tuning": (TINY, pt.ModelTuning()),
+    "multitask": (TINY, pt.MultiTaskPrompt(num_tasks=2, length=3,
+                                           task_token_offset=102)),
+    "msp": (GPT2_TINY, pt.MultiStagePrompting(length=3, separator_id=259)),
+    "gpt2_prompt": (GPT2_TINY, pt.PromptTuning(length=3)),
+}
+
+
+@pytest.mark.parametrize("name", sorted(METHODS))
+def test_every_method_trains_and_decodes_through_the_loop(
+    name, tiny_base, gpt2_base, tmp_path):
+  config, method = METHODS[name]
+  base = gpt2_base if config is GPT2_TINY else tiny_base
+  bind_model(base, config=config, method=method)
+  eval_cfg = data.DatasetConfig(TASK, LENGTHS, "validation", 8, False)
+  result = run(tmp_path / "run", total_steps=2, eval_period=2,
+               train_eval_dataset_cfg=None, infer_eval_dataset_cfg=eval_cfg)
+  [metrics] = result.metrics["inference_eval"].values()
+  assert 0.0 <= metrics["sequence_accuracy"] <= 100.0
+  model, initial = pt.load_pretrained(base, config=config, method=method)
+  trained, frozen = trainable.split(result.params, model.trainable_patterns)
+  start, base_params = trainable.split(initial["params"],
+                                       model.trainable_patterns)
+  for a, b in zip(jax.tree.leaves(frozen), jax.tree.leaves(base_params)):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  moved = [not np.array_equal(np.asarray(a), np.asarray(b))
+           for a, b in zip(jax.tree.leaves(trained), jax.tree.leaves(start))]
+  assert any(moved)
+  exported = tmp_path / "run" / "numpy_checkpoints" / "checkpoint_2"
+  assert exported.exists() == (name in ("prefix_tuning", "gpt2_prompt"))

@@ -1,0 +1,73 @@
+"""Writes a randomly initialised base model as a T5X checkpoint.
+
+  python -m prompt_tuning.random_checkpoint --gin_file=runs/demo.gin
+
+For demos and trying the binaries offline: it reads the same gin files as
+`prompt_tuning.train`, builds MODEL_CONFIG with random weights and writes
+them to INITIAL_CHECKPOINT_PATH (T5X format, read back by `load_pretrained`
+like any real checkpoint). An existing checkpoint there is kept, so the
+command can be re-run.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+
+import flax
+import gin
+import jax
+
+from prompt_tuning import gin_utils
+from prompt_tuning import model_wrappers
+from prompt_tuning.checkpoints import loader
+from prompt_tuning.checkpoints import t5x
+
+if __name__ == "__main__":
+  # Run the copy gin files import, so the configurable is registered once.
+  from prompt_tuning import random_checkpoint as _registered  # pylint: disable=import-self
+  _registered.console_main()
+  raise SystemExit(0)
+
+
+@gin.configurable
+def write_random_base(path: str = gin.REQUIRED,
+                      model_config: object = gin.REQUIRED,
+                      seed: int = 0) -> str:
+  """Writes random weights for `model_config` to `path` unless it exists.
+
+  Args:
+    path: the checkpoint dir to write (INITIAL_CHECKPOINT_PATH).
+    model_config: a TransformerConfig or a shipped gin model name
+      (MODEL_CONFIG).
+    seed: seeds the initialisation.
+
+  Returns:
+    `path`.
+  """
+  if os.path.exists(path):
+    print(f"{path} exists; keeping it.")
+    return path
+  config = loader.resolve_config(model_config)
+  if config is None:
+    raise ValueError("MODEL_CONFIG is None: a random base needs an explicit "
+                     "architecture (include a models/*.gin file).")
+  model = model_wrappers.build_model(config)
+  shapes = {k: (1, 8) for k in model.FEATURES if k.endswith("input_tokens")}
+  variables = model.get_initial_variables(jax.random.PRNGKey(seed), shapes)
+  params = jax.device_get(flax.linen.meta.unbox(variables["params"]))
+  parent = os.path.dirname(os.path.abspath(path))
+  os.makedirs(parent, exist_ok=True)
+  # Written beside its final place, then renamed: never half a checkpoint.
+  staging = tempfile.mkdtemp(prefix=".random_base.", dir=parent)
+  t5x.write_t5x_checkpoint(params, os.path.join(staging, "checkpoint"))
+  os.rename(os.path.join(staging, "checkpoint"), path)
+  os.rmdir(staging)
+  count = sum(x.size for x in jax.tree.leaves(params))
+  print(f"Wrote a random {config.architecture} base ({count:,} parameters) "
+        f"to {path}")
+  return path
+
+
+def console_main(argv=None) -> None:
+  gin_utils.run(write_random_base, argv)
