@@ -11,19 +11,21 @@ crash or kill mid-save leaves the previous checkpoints intact and no
 half-written one is ever restored. `keep` prunes the oldest. Every save of a
 prompt or prefix method also exports its tables as `.npy` under
 `MODEL_DIR/numpy_checkpoints/checkpoint_<step>/` (the format the
-prompt-tuning project ships prompts in). Eval and infer restore the `params`
-item alone.
+prompt-tuning project ships prompts in), pruned along with the checkpoints.
+Eval and infer restore the `params` item alone.
 """
 
 from __future__ import annotations
 
 import os
 import re
+import shutil
 from typing import Any, Optional
 
 import jax
 import orbax.checkpoint as ocp
 
+from prompt_tuning import trainable
 from prompt_tuning import trainer
 from prompt_tuning.checkpoints import export
 from prompt_tuning.methods import prefix_tuning
@@ -75,10 +77,19 @@ class RunCheckpoints:
         run=ocp.args.JsonSave(dict(run_info, step=step))))
     self._manager.wait_until_finished()
     if model is not None and exportable(model) and jax.process_index() == 0:
-      from prompt_tuning import trainable  # pylint: disable=g-import-not-at-top
       params = jax.device_get(trainable.merge(state.params, frozen or {}))
       export.export_prompt(params, self.numpy_dir(step), model=model)
+      self._prune_exports()
     return self.checkpoint_dir(step)
+
+  def _prune_exports(self) -> None:
+    """Drops the `.npy` exports of checkpoints `keep` pruned (prefix tables
+    of large models are not small)."""
+    root = os.path.join(self.model_dir, NUMPY_DIR)
+    kept = {f"{STEP_PREFIX}_{s}" for s in self.all_steps()}
+    for name in os.listdir(root):
+      if re.fullmatch(rf"{STEP_PREFIX}_\d+", name) and name not in kept:
+        shutil.rmtree(os.path.join(root, name), ignore_errors=True)
 
   def checkpoint_dir(self, step: int) -> str:
     return os.path.join(self.model_dir, f"{STEP_PREFIX}_{step}")

@@ -251,3 +251,17 @@ def test_two_processes_train_like_one(base, tmp_path):
   prompt = "numpy_checkpoints/checkpoint_3/prompt.npy"
   np.testing.assert_allclose(np.load(tmp_path / "two" / prompt),
                              np.load(tmp_path / "one" / prompt), atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["train", "eval", "infer"])
+def test_console_scripts_are_installed(name):
+  script = os.path.join(os.path.dirname(sys.executable),
+                        f"prompt_tuning.{name}")
+  assert os.path.isfile(script), (
+      f"{script} is missing: `pip install -e .` installs the console scripts")
+  result = subprocess.run([script, "--help"], capture_output=True, text=True,
+                          timeout=120, check=False)
+  assert result.returncode == 0, result.stderr
+  for flag in ("--gin_file", "--gin_bindings", "--gin_search_paths",
+               "--tfds_data_dir", "--coordinator_address"):
+    assert flag in result.stdout

@@ -183,7 +183,8 @@ def test_demo_run_is_complete_and_fits_the_demo_task():
   from prompt_tuning.tasks import demo  # pylint: disable=g-import-not-at-top
   _parse(["runs/demo.gin"])
   config = _eval("MODEL_CONFIG")
-  assert config == configs.from_gin("t5_1_1_tiny").replace(vocab_size=259)
+  assert config == configs.from_gin("t5_1_1_tiny").replace(
+      vocab_size=259, emb_dim=32, num_heads=4, head_dim=8, mlp_dim=64)
   assert config.vocab_size == demo.VOCABULARY.vocab_size
   assert _eval("MIXTURE_OR_TASK_NAME") == demo.TASK_NAME
   assert _eval("TASK_FEATURE_LENGTHS") == demo.FEATURE_LENGTHS
@@ -191,7 +192,7 @@ def test_demo_run_is_complete_and_fits_the_demo_task():
   assert _eval("MODEL_DIR") == "demo/run"
   steps = _eval("TRAIN_STEPS")
   assert steps % gin.query_parameter("train.eval_period") == 0
-  assert _eval("METHOD").length == 8
+  assert _eval("METHOD").length == 20
 
 
 def test_superglue_recipe_matches_lester_et_al(shared_fixtures):

@@ -48,7 +48,7 @@ def test_gin_search_path_holds_the_gin_dirs():
 
 
 def test_repo_gin_dir_does_not_shadow_gin_config():
-  # From the repository root (`python -m prompt_tuning.forward`), `import gin`
+  # From the repository root (`python -m prompt_tuning.train`), `import gin`
   # must still be gin-config: gin/ must never get an __init__.py.
   source_root = pathlib.Path(prompt_tuning.__file__).resolve().parents[1]
   out = _run_python(

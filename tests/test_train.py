@@ -119,7 +119,7 @@ def test_training_lowers_the_loss_and_moves_only_the_prompt(tiny_base,
   before = tree_digest(os.path.dirname(tiny_base))
   method = pt.PromptTuning(length=4)
   bind_model(tiny_base, method=method)
-  result = run(tmp_path / "run", total_steps=24,
+  result = run(tmp_path / "run", total_steps=24, keep_checkpoints=3,
                optimizer=optimizers.adafactor(learning_rate=1.0))
   losses = train_losses(tmp_path / "run")
   assert len(losses) == 24
@@ -130,7 +130,9 @@ def test_training_lowers_the_loss_and_moves_only_the_prompt(tiny_base,
   run_dir = tmp_path / "run"
   # Only trainable params + optimizer state are saved, never the base.
   saved = run_checkpoints.RunCheckpoints(str(run_dir))
-  assert saved.all_steps() == [4, 8, 12, 16, 20, 24]
+  assert saved.all_steps() == [16, 20, 24]  # keep_checkpoints=3
+  assert sorted(p.name for p in (run_dir / "numpy_checkpoints").iterdir()) == [
+      "checkpoint_16", "checkpoint_20", "checkpoint_24"]
   prompt = np.load(run_dir / "numpy_checkpoints" / "checkpoint_24" /
                    "prompt.npy")
   np.testing.assert_array_equal(prompt,
@@ -188,6 +190,10 @@ def test_kill_and_resume_equals_an_uninterrupted_run(tiny_base, tmp_path,
     run(tmp_path / "resumed", total_steps=10)
   saved = run_checkpoints.RunCheckpoints(str(tmp_path / "resumed"))
   assert saved.latest_step() == 4
+  # A save killed half-way leaves only Orbax's temporary dir: never read.
+  partial = tmp_path / "resumed" / "checkpoint_8.orbax-checkpoint-tmp-1"
+  (partial / "params").mkdir(parents=True)
+  (partial / "params" / "garbage").write_text("half a checkpoint")
   resumed = run(tmp_path / "resumed", total_steps=10)
   assert resumed.step == full.step == 10
   for a, b in zip(jax.tree.leaves(full.params),
@@ -295,3 +301,21 @@ def test_every_method_trains_and_decodes_through_the_loop(
   assert any(moved)
   exported = tmp_path / "run" / "numpy_checkpoints" / "checkpoint_2"
   assert exported.exists() == (name in ("prefix_tuning", "gpt2_prompt"))
+
+
+def test_frozen_weights_in_bfloat16_and_dropout_from_gin(tiny_base,
+                                                        tmp_path):
+  bind_model(tiny_base)
+  plain = run(tmp_path / "plain", total_steps=1)
+  gin.bind_parameter("load_model.param_dtype", "bfloat16")
+  gin.bind_parameter("load_model.dropout_rate", 0.3)
+  result = run(tmp_path / "bf16", total_steps=1)
+  prompt = result.params["prompt"]["prompt"]
+  assert prompt.dtype == np.float32  # the method's params stay float32
+  frozen = [x for path, x in jax.tree_util.tree_leaves_with_path(
+      result.params) if "prompt" not in jax.tree_util.keystr(path)]
+  assert {x.dtype for x in frozen} == {np.dtype(jax.numpy.bfloat16)}
+  [first_plain] = train_losses(tmp_path / "plain")
+  [first] = train_losses(tmp_path / "bf16")
+  assert np.isfinite(first) and first != first_plain
+  del plain
