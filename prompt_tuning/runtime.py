@@ -148,10 +148,11 @@ def load_trained_model(dataset_cfg: data.DatasetConfig,
   (`load_model`), the trained part from CHECKPOINT_PATH (`label` names it:
   `checkpoint_<step>` or the prompt file's name).
   """
-  data.get_task(dataset_cfg.mixture_or_task_name, dataset_cfg.module)
+  task = data.get_task(dataset_cfg.mixture_or_task_name, dataset_cfg.module)
   mesh = partitioning.make_mesh()
   model, params = load_model(mesh=mesh)
   data.check_feature_lengths(model, dataset_cfg.task_feature_lengths)
+  data.check_vocabularies(model, task)
   evaluation.check_batch_size(dataset_cfg.batch_size, mesh)
   params, label = load_trained(model, params, checkpoint_path)
   return mesh, model, params, label

@@ -319,3 +319,11 @@ def test_frozen_weights_in_bfloat16_and_dropout_from_gin(tiny_base,
   [first] = train_losses(tmp_path / "bf16")
   assert np.isfinite(first) and first != first_plain
   del plain
+
+
+def test_a_vocabulary_larger_than_the_embedding_table_is_rejected(tmp_path):
+  _, base = hf_models.tiny_t5_v1_1(tmp_path / "hf")  # 128 embedding rows
+  bind_model(base, config=None)
+  with pytest.raises(ValueError, match="has 259 ids.*has 128 rows"):
+    run(tmp_path / "run", total_steps=1)
+  assert not (tmp_path / "run").exists()
