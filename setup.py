@@ -34,7 +34,7 @@ INSTALL_REQUIRES = [
     "tensorboard>=2.16,<3",  # clu's TensorBoard writer imports it.
     "tqdm>=4.60,<5",
     "absl-py>=2.0,<3",  # The binaries' T5X-style flags.
-    "regex>=2022.1.18",  # GPT-2's pre-tokenization pattern (\\p{L}, \\p{N}).
+    "regex>=2022.1.18",  # GPT-2's pre-tokenization pattern (\p{L}, \p{N}).
     "huggingface_hub>=1.0,<3",  # hf:// vocabulary defaults (GPT-2 BPE).
     "tensorstore>=0.1.84,<0.2",  # orbax-checkpoint 0.12.8 needs >=0.1.84.
     "msgpack>=1.0.0,<2",  # 1.0 changed unpacking defaults (raw=False).
