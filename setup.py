@@ -69,7 +69,8 @@ setuptools.setup(
         + ["prompt_tuning.tasks"]
     ),
     package_dir={"prompt_tuning.tasks": "tasks"},
-    package_data={"prompt_tuning": ["gin/**/*.gin"]},
+    package_data={"prompt_tuning": ["gin/**/*.gin"],
+                  "prompt_tuning.tasks": ["data/*"]},
     include_package_data=False,
     install_requires=INSTALL_REQUIRES,
     extras_require={"test": TEST_REQUIRES},

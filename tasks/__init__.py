@@ -3,12 +3,21 @@
 Importing this package registers every task below with seqio (TensorFlow
 and seqio load here, never from `import prompt_tuning`):
 
-* `demo_reverse_words` (demo.py): the synthetic README demo task.
+* superglue.py: SuperGLUE in T5's text-to-text format (plain, taskless,
+  task_index and rank-classification variants; proportional mixtures).
+* glue.py: GLUE sst2, mrpc, qqp, rte and the zero-shot QQP <-> MRPC
+  transfer tasks.
+* translation.py: WMT14 En-De, WMT16 Ro-En, WMT20 En-Zh and TED, each in
+  T5's encoder-decoder format and MSP's decoder-only format.
+* demo.py: the shipped English-Spanish Bible demo (data/, public domain).
 
-metrics.py holds the tasks' metric functions; vocabularies.py the
-gin-configurable vocabularies that gin files bind.
+metrics.py holds the shared metric functions; vocabularies.py the
+vocabularies, whose file paths are gin-configurable.
 """
 
 from prompt_tuning.tasks import demo
+from prompt_tuning.tasks import glue
 from prompt_tuning.tasks import metrics
+from prompt_tuning.tasks import superglue
+from prompt_tuning.tasks import translation
 from prompt_tuning.tasks import vocabularies

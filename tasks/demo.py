@@ -1,113 +1,163 @@
-"""`demo_reverse_words`: a small synthetic task for the README demo.
+"""Demo tasks: English -> Spanish Bible verses shipped with the package.
 
-Synthetic on purpose: it needs no download, so the demo runs offline and
-in a couple of minutes. Each example is four words drawn from a fixed list
-of 200 common English words by a seeded RNG; the model must say them in
-reverse order:
+The README's main command trains on these, so they must run anywhere with
+no download: the data is `data/bible_en_es.tsv.gz` next to this file (verse
+pairs from the public-domain World English Bible and Reina-Valera 1909; see
+data/README.md for provenance, licenses and how scripts/build_demo_data.py
+rebuilds it), read through a seqio.FunctionDataSource (no TFDS, no network).
 
-  inputs:  "reverse: apple river stone green"
-  targets: "green stone river apple"
+Registered at import, in the two formats the translation tasks use:
 
-Examples are fixed (the same on every machine and every run); no
-validation or test example also appears in train. Bytes are the vocabulary
-(seqio.ByteVocabulary: 256 bytes + pad/eos/unk = 259 ids), so any model with
-at least 259 embedding rows can run it. With 7-letter words at most, inputs
-fit in 48 tokens and targets in 32, EOS included.
+  demo_bible_en_es      encoder-decoder (T5):
+                          inputs:  "translate English to Spanish: In the
+                                    beginning, God created the heavens and
+                                    the earth."
+                          targets: "En el principio crió Dios los cielos y
+                                    la tierra."
+  demo_bible_en_es_msp  decoder-only MSP: inputs = the English verse alone,
+                        targets = the Spanish one. The separator between
+                        them is the model's (MultiStagePrompting puts it in
+                        front of the target), not the task's.
+
+Both use seqio.ByteVocabulary (UTF-8 bytes + pad/eos/unk = 259 ids): it
+needs no vocabulary file, so the demo runs offline with a small random
+model, and it covers every character (T5's SentencePiece model has no "ñ",
+"¿" or "¡"). For real checkpoints the same tasks are registered with the
+mT5/mGPT SentencePiece vocabulary (read from `vocabulary_paths.mt5` on
+first use): `demo_bible_en_es_mt5` and `demo_bible_en_es_msp_mgpt`.
+
+Splits: 500 validation and 500 test verses chosen by the SHA-256 of their
+reference, the rest train (no held-out English or Spanish sentence is also
+in train). Metrics: sacrebleu's corpus BLEU (13a) and chrF.
 """
 
 from __future__ import annotations
 
+import csv
 import functools
+import gzip
+import pathlib
+from typing import Sequence
 
-import numpy as np
+import sacrebleu
 import seqio
 import tensorflow as tf
 
 from prompt_tuning.tasks import metrics
+from prompt_tuning.tasks import vocabularies
 
-TASK_NAME = "demo_reverse_words"
-WORDS_PER_EXAMPLE = 4
-# Examples per split; each split has its own seed.
-SPLITS = {"train": (20000, 0), "validation": (64, 1), "test": (64, 2)}
+DATA_FILE = pathlib.Path(__file__).resolve().parent / "data" / (
+    "bible_en_es.tsv.gz")
+COLUMNS = ("ref", "split", "en", "es")
+# What the shipped file holds (tests check it).
+NUM_EXAMPLES = {"train": 28781, "validation": 500, "test": 500}
+PREFIX = "translate English to Spanish: "
+
+TASK_NAME = "demo_bible_en_es"
+MSP_TASK_NAME = "demo_bible_en_es_msp"
+MT5_TASK_NAME = "demo_bible_en_es_mt5"
+MGPT_MSP_TASK_NAME = "demo_bible_en_es_msp_mgpt"
 VOCABULARY = seqio.ByteVocabulary()
-FEATURE_LENGTHS = {"inputs": 48, "targets": 32}
-
-WORDS = tuple("""
-about above after again apple april arm art baby back ball bank bear bed
-bell bird black blue boat body bone book box boy bread bridge brown cake
-call car card cat chair city class clock cloud coat cold cook corn cow cup
-dance day deep desk dog door dream dress drink duck earth east egg end eye
-face farm fast fire fish flag floor flower fly food foot forest fox friend
-frog fruit game garden gate girl glass gold good grass green hand happy hat
-head heart hill home horse house ice iron jump key king lake lamp land leaf
-light lion long lunch map milk moon morning mouse music name night north
-ocean orange paper park party pen pencil pig plane plant queen rain red
-ring river road rock roof room rose run salt sand school sea seed sheep
-ship shoe shop silver sing sister sky sleep slow smile snow song south
-spoon spring star stone storm street summer sun table tall tea teeth tiger
-time today town toy train tree truck under uncle water west whale wheel
-white wind window winter wolf wood world yellow young zebra zero bus kite
-nest owl pear rabbit tent wave lemon
-""".split())
-
-
-def reverse_words(text: str) -> str:
-  """The target for an input's word list: the same words, last first."""
-  return " ".join(reversed(text.split()))
+# Byte lengths, EOS included, that hold ~95% of the training verses whole
+# (longer ones are cut).
+FEATURE_LENGTHS = {"inputs": 264, "targets": 232}
+MSP_FEATURE_LENGTHS = {"inputs": 240, "targets": 232}
 
 
 @functools.lru_cache(maxsize=None)
-def examples(split: str) -> tuple[tuple[str, str], ...]:
-  """The split's (inputs, targets) pairs, generated once per process."""
-  if split not in SPLITS:
-    raise ValueError(f"{TASK_NAME} has no split {split!r}; it has "
-                     f"{sorted(SPLITS)}.")
-  held_out = set()
-  if split == "train":
-    for other in SPLITS:
-      if other != "train":
-        held_out.update(inputs for inputs, _ in examples(other))
-  count, seed = SPLITS[split]
-  rng = np.random.default_rng(seed)
-  out = []
-  while len(out) < count:
-    picks = rng.integers(0, len(WORDS), size=WORDS_PER_EXAMPLE)
-    words = " ".join(WORDS[i] for i in picks)
-    inputs = f"reverse: {words}"
-    if inputs in held_out:
-      continue
-    out.append((inputs, reverse_words(words)))
-  return tuple(out)
+def _rows() -> tuple[tuple[str, str, str, str], ...]:
+  """Every row of the shipped file, read once per process."""
+  if not DATA_FILE.is_file():
+    raise FileNotFoundError(
+        f"the demo data file {DATA_FILE} is missing; reinstall the package "
+        "(setup.py ships tasks/data/*) or rebuild the file with "
+        "`python scripts/build_demo_data.py`.")
+  with gzip.open(DATA_FILE, "rt", encoding="utf-8", newline="") as f:
+    reader = csv.reader(f, delimiter="\t")
+    header = tuple(next(reader))
+    if header != COLUMNS:
+      raise ValueError(
+          f"{DATA_FILE} has columns {header}, expected {COLUMNS}; rebuild "
+          "it with scripts/build_demo_data.py.")
+    return tuple(tuple(row) for row in reader)
+
+
+@functools.lru_cache(maxsize=None)
+def verses(split: str) -> tuple[tuple[str, str, str], ...]:
+  """The split's (ref, en, es) verse pairs, in canonical order."""
+  if split not in NUM_EXAMPLES:
+    raise ValueError(f"the demo tasks have no split {split!r}; use one of "
+                     f"{sorted(NUM_EXAMPLES)}.")
+  return tuple((ref, en, es) for ref, row_split, en, es in _rows()
+               if row_split == split)
 
 
 def _dataset_fn(split: str, shuffle_files: bool,
                 seed: int | None = None) -> tf.data.Dataset:
   del shuffle_files, seed  # One in-memory "file"; seqio shuffles examples.
-  inputs, targets = zip(*examples(split))
+  refs, en, es = zip(*verses(split))
   return tf.data.Dataset.from_tensor_slices(
-      {"inputs": list(inputs), "targets": list(targets)})
+      {"ref": list(refs), "en": list(en), "es": list(es)})
 
 
-def register() -> str:
-  """Registers the task once (idempotent); returns its name."""
-  if TASK_NAME not in seqio.TaskRegistry.names():
-    features = {
-        key: seqio.Feature(VOCABULARY, add_eos=True)
-        for key in ("inputs", "targets")
-    }
-    seqio.TaskRegistry.add(
-        TASK_NAME,
-        source=seqio.FunctionDataSource(
-            _dataset_fn, splits=tuple(SPLITS),
-            num_input_examples={k: v[0] for k, v in SPLITS.items()}),
-        preprocessors=[
-            seqio.preprocessors.tokenize,
-            seqio.preprocessors.append_eos_after_trim,
-        ],
-        output_features=features,
-        metric_fns=[metrics.sequence_accuracy, metrics.bleu],
-    )
-  return TASK_NAME
+def encoder_decoder_format(dataset: tf.data.Dataset) -> tf.data.Dataset:
+  """{"en", "es"} -> T5's {"inputs": "translate English to Spanish: <en>",
+  "targets": <es>}."""
+  return dataset.map(
+      lambda ex: {"inputs": tf.strings.join([PREFIX, ex["en"]]),
+                  "targets": ex["es"]},
+      num_parallel_calls=tf.data.AUTOTUNE)
+
+
+def msp_format(dataset: tf.data.Dataset) -> tf.data.Dataset:
+  """{"en", "es"} -> MSP's {"inputs": <en>, "targets": <es>}."""
+  return dataset.map(lambda ex: {"inputs": ex["en"], "targets": ex["es"]},
+                     num_parallel_calls=tf.data.AUTOTUNE)
+
+
+def chrf(targets: Sequence[str],
+         predictions: Sequence[str]) -> dict[str, float]:
+  """sacrebleu's corpus chrF (character 6-grams, beta 2), one reference."""
+  if len(targets) != len(predictions):
+    raise ValueError(f"{len(targets)} targets but {len(predictions)} "
+                     "predictions; the evaluator must pass one per example.")
+  score = sacrebleu.corpus_chrf(list(predictions), [list(targets)])
+  return {"chrf": float(score.score)}
+
+
+def _register(name: str, formatter, vocabulary: seqio.Vocabulary) -> None:
+  if name in seqio.TaskRegistry.names():
+    return
+  seqio.TaskRegistry.add(
+      name,
+      source=seqio.FunctionDataSource(
+          _dataset_fn, splits=tuple(NUM_EXAMPLES),
+          num_input_examples=NUM_EXAMPLES),
+      preprocessors=[
+          formatter,
+          seqio.preprocessors.tokenize,
+          seqio.preprocessors.append_eos_after_trim,
+      ],
+      output_features={
+          key: seqio.Feature(vocabulary, add_eos=True)
+          for key in ("inputs", "targets")
+      },
+      metric_fns=[metrics.bleu, chrf],
+  )
+
+
+def register() -> tuple[str, ...]:
+  """Registers the four demo tasks once (idempotent); returns their names.
+
+  The mT5/mGPT variants only name their vocabulary here; its file is read
+  when they first tokenize.
+  """
+  _register(TASK_NAME, encoder_decoder_format, VOCABULARY)
+  _register(MSP_TASK_NAME, msp_format, VOCABULARY)
+  _register(MT5_TASK_NAME, encoder_decoder_format,
+            vocabularies.mt5_vocabulary())
+  _register(MGPT_MSP_TASK_NAME, msp_format, vocabularies.mgpt_vocabulary())
+  return TASK_NAME, MSP_TASK_NAME, MT5_TASK_NAME, MGPT_MSP_TASK_NAME
 
 
 register()
