@@ -1,0 +1,139 @@
+"""Shared helpers for the benchmark scripts: timing, the matmul peak, output.
+
+Timing follows issue 6's protocol: every contender is warmed up first
+(compilation is measured apart, by the caller), then the contenders run in
+turn, A B A B ..., so drift in the machine's speed (thermal, other load)
+hits all of them alike; each reports the median of its timed repetitions.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import time
+from typing import Any, Callable, Mapping, Optional, Sequence
+
+MIN_REPS = 5
+
+
+def cpu_threads() -> int:
+  """Cores this process may use: what XLA's CPU client uses, and what torch
+  gets too (`torch.set_num_threads`) so both sides run on the same threads."""
+  try:
+    return len(os.sched_getaffinity(0))
+  except AttributeError:  # not Linux
+    return os.cpu_count() or 1
+
+
+def time_call(fn: Callable[[], Any]) -> float:
+  """Seconds one call takes; `fn` must block until its result is ready."""
+  start = time.perf_counter()
+  fn()
+  return time.perf_counter() - start
+
+
+def time_alternating(fns: Mapping[str, Callable[[], Any]], reps: int,
+                     warmup: int = 2, pause: float = 0.25
+                     ) -> dict[str, list[float]]:
+  """{name: [seconds per timed call]}, calls interleaved A B A B ...
+
+  Each `fn` runs one step and blocks until it is done (jax:
+  `block_until_ready`; torch on CPU is synchronous). `pause` seconds of
+  idle precede every call: one runtime's worker threads may still spin
+  after it returns (OpenMP, XLA's pool) and would steal cores from the
+  next contender's first milliseconds; the pause lets them sleep.
+  """
+  for fn in fns.values():
+    for _ in range(warmup):
+      fn()
+  times = {name: [] for name in fns}
+  for _ in range(reps):
+    for name, fn in fns.items():
+      time.sleep(pause)
+      times[name].append(time_call(fn))
+  return times
+
+
+def median(xs: Sequence[float]) -> float:
+  return statistics.median(xs)
+
+
+def matmul_peak(n: int = 4096, reps: int = MIN_REPS) -> dict[str, float]:
+  """The machine's float32 matmul rate: a jitted n x n `jnp.dot`.
+
+  FLOPs per product 2 n^3; the median of `reps` timed products after one
+  warm-up is the peak this run compares against.
+  """
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  ka, kb = jax.random.split(jax.random.PRNGKey(0))
+  a = jax.random.normal(ka, (n, n), jnp.float32)
+  b = jax.random.normal(kb, (n, n), jnp.float32)
+  dot = jax.jit(jnp.dot)
+  dot(a, b).block_until_ready()
+  times = [time_call(lambda: dot(a, b).block_until_ready())
+           for _ in range(reps)]
+  seconds = median(times)
+  return {"n": n, "seconds": seconds, "flops": 2.0 * n ** 3,
+          "flop_per_s": 2.0 * n ** 3 / seconds}
+
+
+def machine_info() -> dict[str, Any]:
+  """What the numbers were measured on."""
+  info = {"platform": platform.platform(), "python": platform.python_version(),
+          "cpu_threads": cpu_threads(), "processor": _cpu_model()}
+  for module in ("jax", "jaxlib", "flax", "torch", "transformers", "peft"):
+    try:
+      info[module] = __import__(module).__version__
+    except ImportError:
+      info[module] = None
+  return info
+
+
+def _cpu_model() -> Optional[str]:
+  try:
+    with open("/proc/cpuinfo") as f:
+      for line in f:
+        if line.startswith("model name"):
+          return line.split(":", 1)[1].strip()
+  except OSError:
+    pass
+  return platform.processor() or None
+
+
+def write_json(path: str, payload: Mapping[str, Any]) -> str:
+  """Writes `payload` (plus `machine`) to `path`, creating its folder."""
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  payload = dict(payload, machine=machine_info())
+  with open(path, "w") as f:
+    json.dump(payload, f, indent=2, sort_keys=False)
+    f.write("\n")
+  return path
+
+
+def print_table(rows: Sequence[Mapping[str, Any]],
+                columns: Sequence[tuple[str, str, str]]) -> str:
+  """Prints rows as an aligned text table and returns it.
+
+  columns: (key in each row, header, format spec such as ".3f"); a missing
+  or None value prints as "-".
+  """
+  cells = [[header for _, header, _ in columns]]
+  for row in rows:
+    line = []
+    for key, _, spec in columns:
+      value = row.get(key)
+      line.append("-" if value is None else format(value, spec))
+    cells.append(line)
+  widths = [max(len(r[i]) for r in cells) for i in range(len(columns))]
+  lines = []
+  for k, r in enumerate(cells):
+    lines.append("  ".join(c.ljust(w) if i == 0 else c.rjust(w)
+                           for i, (c, w) in enumerate(zip(r, widths))))
+    if k == 0:
+      lines.append("  ".join("-" * w for w in widths))
+  text = "\n".join(lines)
+  print(text)
+  return text

@@ -1,0 +1,392 @@
+"""Training step: ours vs transformers + PEFT on CPU, and vs the matmul peak.
+
+Config "S" (issue 6): T5.1.1-style encoder-decoder, d_model 512, 8 heads x 64,
+gated-GELU d_ff 1024, 6 + 6 layers, vocab 32128, untied logits, float32;
+batch 8, inputs 128, targets 32; P = 20. One random model is built with
+transformers and saved; ours loads that directory (`pt.load_pretrained`), so
+both sides train the same weights on the same fixed batch, without dropout.
+
+Methods (each side optimizes only what the method trains, with Adafactor at
+prompt tuning's settings: lr 0.3, decay 0.8, no parameter scaling, clip 1.0,
+weight decay 1e-5):
+  prompt  ours PromptTuning(20)            PEFT PromptTuningConfig(20)
+  prefix  ours PrefixTuning(20, decoder    PEFT PrefixTuningConfig(20, no
+          self-attention only, as PEFT's   projection)
+          T5 prefix reaches)
+  model   ours ModelTuning (all weights)   the plain HF model, all weights
+
+Ours is the jitted `trainer.make_train_step` (donated state; only the
+trainable subtree is differentiated); PEFT's step is forward + backward +
+optimizer step + zero_grad, with torch on as many threads as XLA uses.
+
+FLOPs ("model FLOPs", counted from shapes, not from what either side runs):
+  forward = 2 * (weights in matmuls) * (tokens they see)
+          + attention scores and values, 4 * q_len * k_len * (heads * d_kv)
+            per layer and example (the full causal square is counted);
+  prompt tuning (frozen weights): backward computes activation gradients
+  only, the same matmuls again, so step = 2 x forward; a decoder-self-
+  attention prefix needs them through the decoder and logits only, so step =
+  forward + decoder forward; model tuning adds the weight gradients, step =
+  3 x forward.
+The optimizer update and element-wise work are not counted. XLA's own count
+of ours (`cost_analysis`) is reported alongside.
+
+  python benchmarks/train_step.py                 # config S, ~2 minutes on 2 cores
+  python benchmarks/train_step.py --small         # a seconds-long check
+  python benchmarks/train_step.py --methods prompt --reps 9
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import dataclasses
+import os
+import sys
+import tempfile
+import time
+from typing import Any
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import common  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+METHODS = ("prompt", "prefix", "model")
+DEFAULT_OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                           "results", "train_step.json")
+
+
+@dataclasses.dataclass(frozen=True)
+class Shape:
+  """A T5.1.1-style model and batch shape."""
+
+  d_model: int = 512  # embedding width
+  num_heads: int = 8
+  d_kv: int = 64  # per-head width
+  d_ff: int = 1024  # gated-GELU hidden width (two input projections)
+  num_layers: int = 6  # encoder layers; the decoder has as many
+  vocab: int = 32128
+  batch: int = 8
+  inputs: int = 128  # encoder input length (before the prompt)
+  targets: int = 32  # decoder length
+  length: int = 20  # P: prompt / prefix length
+
+  def __post_init__(self):
+    for field in dataclasses.fields(self):
+      if getattr(self, field.name) < 1:
+        raise ValueError(f"{field.name}={getattr(self, field.name)} must be "
+                         ">= 1.")
+
+
+CONFIG_S = Shape()
+SMALL = Shape(d_model=64, num_heads=4, d_kv=16, d_ff=128, num_layers=2,
+              vocab=512, batch=2, inputs=16, targets=8, length=4)
+
+
+# ----------------------------------------------------------------------------
+# FLOPs.
+
+
+def forward_flops(s: Shape, method: str) -> dict[str, float]:
+  """Model FLOPs of one forward pass over the batch, by part (module doc).
+
+  "encoder": the encoder stack; "cross_kv": cross-attention key/value
+  projections of the encoder output; "decoder": the decoder stack and the
+  logits.
+  """
+  inner = s.num_heads * s.d_kv
+  enc_len = s.inputs + (s.length if method == "prompt" else 0)
+  dec_self_keys = s.targets + (s.length if method == "prefix" else 0)
+  attn_proj = 4 * s.d_model * inner  # q, k, v, o
+  mlp = 3 * s.d_model * s.d_ff  # wi_0, wi_1, wo
+  parts = {
+      # projections + MLP on every position, self-attention
+      "encoder": s.num_layers * (2 * (attn_proj + mlp) * enc_len
+                                 + 4 * enc_len * enc_len * inner),
+      "cross_kv": s.num_layers * 2 * 2 * s.d_model * inner * enc_len,
+      # self-attention projections, cross q/o, MLP; both attentions; logits
+      "decoder": s.num_layers * (2 * (attn_proj + 2 * s.d_model * inner + mlp)
+                                 * s.targets
+                                 + 4 * s.targets * dec_self_keys * inner
+                                 + 4 * s.targets * enc_len * inner)
+                 + 2 * s.d_model * s.vocab * s.targets,
+  }
+  return {k: float(v * s.batch) for k, v in parts.items()}
+
+
+def step_flops(s: Shape, method: str) -> float:
+  """Forward + backward model FLOPs of one step.
+
+  Frozen weights get activation gradients only (one more pass over the
+  matmuls the gradient crosses): prompt tuning's gradient crosses the whole
+  model; a decoder-self-attention prefix's crosses the decoder and logits
+  only (the encoder does not depend on it). Model tuning adds the weight
+  gradients: 3 x forward.
+  """
+  parts = forward_flops(s, method)
+  forward = sum(parts.values())
+  if method == "model":
+    return 3 * forward
+  if method == "prefix":
+    return forward + parts["decoder"]
+  return 2 * forward
+
+
+# ----------------------------------------------------------------------------
+# The shared model and batch.
+
+
+def build_hf_model(s: Shape):
+  """A random T5.1.1-style model with an lm_head of its own."""
+  import torch  # pylint: disable=g-import-not-at-top
+  import transformers  # pylint: disable=g-import-not-at-top
+  torch.manual_seed(0)
+  config = transformers.T5Config(
+      vocab_size=s.vocab, d_model=s.d_model, d_kv=s.d_kv, d_ff=s.d_ff,
+      num_heads=s.num_heads, num_layers=s.num_layers,
+      num_decoder_layers=s.num_layers, feed_forward_proj="gated-gelu",
+      tie_word_embeddings=False, dropout_rate=0.0, decoder_start_token_id=0,
+      pad_token_id=0, eos_token_id=1)
+  model = transformers.T5ForConditionalGeneration(config)
+  # transformers 5 still ties lm_head to `shared` when tie_word_embeddings
+  # is False; give it its own weight and drop the tie (tests/hf_models.py).
+  model.lm_head.weight = torch.nn.Parameter(
+      torch.randn(s.vocab, s.d_model) * s.d_model ** -0.5)
+  model.all_tied_weights_keys.pop("lm_head.weight", None)
+  assert model.lm_head.weight is not model.shared.weight
+  return model
+
+
+def make_batch(s: Shape) -> dict[str, Any]:
+  """A fixed random batch, no padding: T5X feature names, numpy int32."""
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(0)
+  targets = rng.integers(2, s.vocab, (s.batch, s.targets), dtype=np.int32)
+  return {
+      "encoder_input_tokens": rng.integers(2, s.vocab, (s.batch, s.inputs),
+                                           dtype=np.int32),
+      "decoder_input_tokens": np.pad(targets[:, :-1], ((0, 0), (1, 0))),
+      "decoder_target_tokens": targets,
+  }
+
+
+# ----------------------------------------------------------------------------
+# Ours.
+
+
+def our_method(method: str, s: Shape):
+  import prompt_tuning as pt  # pylint: disable=g-import-not-at-top
+  if method == "prompt":
+    return pt.PromptTuning(length=s.length)
+  if method == "prefix":
+    # PEFT's T5 prefix reaches decoder self-attention only; match its work.
+    return pt.PrefixTuning(length=s.length, kinds=("decoder_self",))
+  return pt.ModelTuning()
+
+
+def build_ours(path: str, method: str, s: Shape, batch) -> dict[str, Any]:
+  """Loads ours, compiles the step; returns {"run", "compile_s", ...}."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  import prompt_tuning as pt  # pylint: disable=g-import-not-at-top
+  from prompt_tuning import optimizers  # pylint: disable=g-import-not-at-top
+  from prompt_tuning import trainer  # pylint: disable=g-import-not-at-top
+  model, variables = pt.load_pretrained(path, method=our_method(method, s))
+  optimizer = optimizers.adafactor()
+  state, frozen = trainer.init_state(model, variables["params"], optimizer)
+  del variables
+  batch = {k: jnp.asarray(v) for k, v in batch.items()}
+  step = trainer.make_train_step(model, optimizer, 1)
+  start = time.perf_counter()
+  lowered = step.lower(state, frozen, batch, None)
+  traced = time.perf_counter()
+  compiled = lowered.compile()
+  compiled_at = time.perf_counter()
+  try:
+    xla_flops = float(compiled.cost_analysis()["flops"])
+  except Exception:  # pylint: disable=broad-except
+    xla_flops = None
+  box = {"state": state}
+
+  def run():
+    box["state"], metrics = compiled(box["state"], frozen, batch, None)
+    jax.block_until_ready((box["state"], metrics))
+    box["loss"] = metrics["loss"]
+
+  return {"run": run, "trace_s": traced - start,
+          "compile_s": compiled_at - traced, "xla_flops": xla_flops,
+          "box": box,
+          "trainable": sum(x.size for x in jax.tree.leaves(state.params))}
+
+
+# ----------------------------------------------------------------------------
+# transformers + PEFT.
+
+
+def torch_adafactor(params):
+  """transformers' Adafactor at prompt tuning's settings (as ours)."""
+  from transformers.optimization import Adafactor  # pylint: disable=g-import-not-at-top
+  return Adafactor(params, lr=0.3, decay_rate=-0.8, clip_threshold=1.0,
+                   weight_decay=1e-5, scale_parameter=False,
+                   relative_step=False, warmup_init=False)
+
+
+def build_peft(base, method: str, s: Shape, batch) -> dict[str, Any]:
+  """PEFT (or the plain model for model tuning) with its step closure."""
+  import peft  # pylint: disable=g-import-not-at-top
+  import torch  # pylint: disable=g-import-not-at-top
+  model = copy.deepcopy(base)
+  if method == "prompt":
+    model = peft.get_peft_model(model, peft.PromptTuningConfig(
+        task_type="SEQ_2_SEQ_LM", num_virtual_tokens=s.length,
+        # PEFT's seq2seq default (2) prompts the decoder too; ours and the
+        # paper prompt the encoder input only.
+        num_transformer_submodules=1))
+  elif method == "prefix":
+    model = peft.get_peft_model(model, peft.PrefixTuningConfig(
+        task_type="SEQ_2_SEQ_LM", num_virtual_tokens=s.length,
+        num_layers=s.num_layers, prefix_projection=False))
+  model.train()
+  params = [p for p in model.parameters() if p.requires_grad]
+  optimizer = torch_adafactor(params)
+  inputs = {
+      "input_ids": torch.tensor(batch["encoder_input_tokens"],
+                                dtype=torch.long),
+      "attention_mask": torch.ones(batch["encoder_input_tokens"].shape,
+                                   dtype=torch.long),
+      "decoder_input_ids": torch.tensor(batch["decoder_input_tokens"],
+                                        dtype=torch.long),
+      "labels": torch.tensor(batch["decoder_target_tokens"],
+                             dtype=torch.long),
+  }
+  box = {}
+
+  def run():
+    loss = model(**inputs).loss
+    loss.backward()
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    box["loss"] = loss.detach()
+
+  return {"run": run, "box": box, "trainable": sum(p.numel() for p in params)}
+
+
+# ----------------------------------------------------------------------------
+
+
+def bench_method(method: str, s: Shape, path: str, base, batch,
+                 reps: int, warmup: int, peak: float) -> dict[str, Any]:
+  ours = build_ours(path, method, s, batch)
+  theirs = build_peft(base, method, s, batch)
+  times = common.time_alternating({"ours": ours["run"],
+                                   "peft": theirs["run"]}, reps, warmup)
+  ours_s = common.median(times["ours"])
+  peft_s = common.median(times["peft"])
+  flops = step_flops(s, method)
+  row = {
+      "method": method, "ours_s": ours_s, "peft_s": peft_s,
+      "ratio": ours_s / peft_s, "compile_s": ours["compile_s"],
+      "trace_s": ours["trace_s"], "gflop": flops / 1e9,
+      "xla_gflop": (None if ours["xla_flops"] is None
+                    else ours["xla_flops"] / 1e9),
+      "ours_gflops": flops / ours_s / 1e9, "peft_gflops": flops / peft_s / 1e9,
+      "ours_of_peak": flops / ours_s / peak,
+      "peft_of_peak": flops / peft_s / peak,
+      "trainable_ours": int(ours["trainable"]),
+      "trainable_peft": int(theirs["trainable"]),
+      "loss_ours": float(ours["box"]["loss"]),
+      "loss_peft": float(theirs["box"]["loss"]),
+      "times_ours": times["ours"], "times_peft": times["peft"],
+  }
+  return row
+
+
+COLUMNS = [
+    ("method", "method", "s"), ("ours_s", "ours s/step", ".3f"),
+    ("peft_s", "PEFT s/step", ".3f"), ("ratio", "ours/PEFT", ".2f"),
+    ("compile_s", "ours compile s", ".1f"), ("gflop", "GFLOP/step", ".1f"),
+    ("ours_gflops", "ours GFLOP/s", ".1f"),
+    ("peft_gflops", "PEFT GFLOP/s", ".1f"),
+    ("ours_of_peak", "ours/peak", ".2f"), ("peft_of_peak", "PEFT/peak", ".2f"),
+]
+
+
+def parse_args(argv=None):
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("--methods", default=",".join(METHODS),
+                      help=f"comma-separated subset of {METHODS}")
+  parser.add_argument("--reps", type=int, default=7,
+                      help="timed repetitions per side (>= 5 for reported "
+                      "numbers)")
+  # Ours' first ~4 executions after compiling run up to 1.7x slower
+  # (buffer allocation); the default keeps them out of the median.
+  parser.add_argument("--warmup", type=int, default=4,
+                      help="untimed steps per side after compilation")
+  parser.add_argument("--small", action="store_true",
+                      help="a tiny shape for a quick check (not config S)")
+  for field in dataclasses.fields(Shape):
+    parser.add_argument(f"--{field.name}", type=int, default=None,
+                        help=f"override config S's {field.name}")
+  parser.add_argument("--peak_n", type=int, default=4096,
+                      help="matmul size for the float32 peak")
+  parser.add_argument("--threads", type=int, default=None,
+                      help="torch threads (default: the cores XLA uses)")
+  parser.add_argument("--out", default=DEFAULT_OUT, help="JSON output path")
+  args = parser.parse_args(argv)
+  methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+  unknown = set(methods) - set(METHODS)
+  if unknown or not methods:
+    parser.error(f"--methods {args.methods!r}: choose from {METHODS}.")
+  args.methods = methods
+  if args.reps < 1 or args.warmup < 0:
+    parser.error("--reps must be >= 1 and --warmup >= 0.")
+  return args
+
+
+def main(argv=None) -> dict[str, Any]:
+  args = parse_args(argv)
+  shape = SMALL if args.small else CONFIG_S
+  shape = dataclasses.replace(shape, **{
+      f.name: getattr(args, f.name) for f in dataclasses.fields(Shape)
+      if getattr(args, f.name) is not None})
+  import torch  # pylint: disable=g-import-not-at-top
+  threads = args.threads or common.cpu_threads()
+  torch.set_num_threads(threads)
+  if args.reps < common.MIN_REPS:
+    print(f"note: --reps {args.reps} < {common.MIN_REPS}; a quick look, not "
+          "a reportable median.")
+
+  peak = common.matmul_peak(args.peak_n)
+  print(f"float32 matmul peak ({args.peak_n}^2 jnp.dot, median of "
+        f"{common.MIN_REPS}): {peak['flop_per_s'] / 1e9:.1f} GFLOP/s; "
+        f"torch threads {threads}")
+  batch = make_batch(shape)
+  base = build_hf_model(shape)
+  rows = []
+  with tempfile.TemporaryDirectory() as path:
+    base.save_pretrained(path)
+    for method in args.methods:
+      t0 = time.perf_counter()
+      rows.append(bench_method(method, shape, path, base, batch, args.reps,
+                               args.warmup, peak["flop_per_s"]))
+      print(f"  {method}: done in {time.perf_counter() - t0:.0f} s",
+            flush=True)
+
+  print(f"\nconfig {'small' if args.small else 'S'}: "
+        f"{dataclasses.asdict(shape)}; median of {args.reps} alternating "
+        f"reps after {args.warmup} warm-up steps")
+  table = common.print_table(rows, COLUMNS)
+  payload = {"benchmark": "train_step", "config": "small" if args.small
+             else "S", "shape": dataclasses.asdict(shape), "reps": args.reps,
+             "warmup": args.warmup, "torch_threads": threads, "peak": peak,
+             "flop_counting": "step = 2 x forward (prompt tuning: "
+             "activation gradients only), forward + decoder forward (prefix "
+             "on decoder self-attention), 3 x forward (model tuning); "
+             "forward = 2 x matmul weights x tokens + 4 x q_len x k_len x "
+             "heads*d_kv per attention layer",
+             "rows": rows, "table": table}
+  print(f"wrote {common.write_json(args.out, payload)}")
+  return payload
+
+
+if __name__ == "__main__":
+  main()
