@@ -118,13 +118,10 @@ def check_feature_lengths(model: model_wrappers.BaseModel,
 
 def check_vocabularies(model: model_wrappers.BaseModel, task: Any) -> None:
   """Token ids of every feature must index the model's embedding table."""
+  from prompt_tuning.tasks import vocabularies  # pylint: disable=g-import-not-at-top
   for key, feature in task.output_features.items():
-    size = feature.vocabulary.vocab_size
-    if size > model.config.vocab_size:
-      raise ValueError(
-          f"the {key!r} vocabulary of {task.name!r} has {size} ids, but the "
-          f"model's embedding table has {model.config.vocab_size} rows; use "
-          "the vocabulary the model was trained with.")
+    vocabularies.check_fits(feature.vocabulary, model.config.vocab_size,
+                            name=f"the {key!r} vocabulary of {task.name!r}")
 
 
 def get_dataset(cfg: DatasetConfig, model: model_wrappers.BaseModel, *,

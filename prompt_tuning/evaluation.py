@@ -14,12 +14,10 @@ training does, and sums token statistics on the mesh.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import json
 import logging
 import os
-import tempfile
 from typing import Any, Callable, Iterable, Iterator, Mapping, Optional
 
 import jax
@@ -29,6 +27,7 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
 from prompt_tuning import data
+from prompt_tuning import files
 from prompt_tuning import losses
 from prompt_tuning import model_wrappers
 
@@ -321,26 +320,9 @@ def write_inferences(path: str, records: Iterable[Mapping[str, Any]]
   Returns:
     `path`, or None on processes other than 0.
   """
-  if jax.process_index() != 0:
-    return None
-  directory = os.path.dirname(os.path.abspath(path))
-  os.makedirs(directory, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(dir=directory,
-                             prefix=f".{os.path.basename(path)}.",
-                             suffix=".tmp")
-  try:
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-      for record in records:
-        f.write(json.dumps(record, default=_json_default,
-                           ensure_ascii=False) + "\n")
-      f.flush()
-      os.fsync(f.fileno())
-    os.replace(tmp, path)
-  except BaseException:
-    with contextlib.suppress(FileNotFoundError):
-      os.remove(tmp)
-    raise
-  return path
+  lines = [json.dumps(record, default=_json_default, ensure_ascii=False)
+           + "\n" for record in records]
+  return files.write_text_on_process_0(path, "".join(lines))
 
 
 def _json_default(value: Any) -> Any:

@@ -27,7 +27,6 @@ import os
 import pathlib
 import re
 import sys
-import tempfile
 import tokenize
 from typing import Any, Callable, Optional, Sequence
 
@@ -35,6 +34,7 @@ from absl import flags
 import gin
 import jax
 
+from prompt_tuning import files
 from prompt_tuning import gin_paths
 
 logger = logging.getLogger(__name__)
@@ -488,23 +488,8 @@ def write_operative_config(model_dir: str) -> Optional[str]:
 
 
 def _write_on_process_0(model_dir: str, text: str) -> Optional[str]:
-  if jax.process_index() != 0:
-    return None
-  os.makedirs(model_dir, exist_ok=True)
-  path = os.path.join(model_dir, CONFIG_FILENAME)
-  fd, tmp = tempfile.mkstemp(dir=model_dir, prefix=f".{CONFIG_FILENAME}.",
-                             suffix=".tmp")
-  try:
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-      f.write(text)
-      f.flush()
-      os.fsync(f.fileno())
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-    raise
-  return path
+  return files.write_text_on_process_0(
+      os.path.join(model_dir, CONFIG_FILENAME), text)
 
 
 def _log_to_stderr() -> None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+from typing import Any
 
 import flax
 import gin
@@ -28,6 +29,14 @@ if __name__ == "__main__":
   from prompt_tuning import random_checkpoint as _registered  # pylint: disable=import-self
   _registered.console_main()
   raise SystemExit(0)
+
+
+def random_params(config: Any, seed: int = 0) -> Any:
+  """Randomly initialised base params (numpy, unboxed) for `config`."""
+  model = model_wrappers.build_model(config)
+  shapes = {k: (1, 8) for k in model.FEATURES if k.endswith("input_tokens")}
+  variables = model.get_initial_variables(jax.random.PRNGKey(seed), shapes)
+  return jax.device_get(flax.linen.meta.unbox(variables["params"]))
 
 
 @gin.configurable
@@ -52,10 +61,7 @@ def write_random_base(path: str = gin.REQUIRED,
   if config is None:
     raise ValueError("MODEL_CONFIG is None: a random base needs an explicit "
                      "architecture (include a models/*.gin file).")
-  model = model_wrappers.build_model(config)
-  shapes = {k: (1, 8) for k in model.FEATURES if k.endswith("input_tokens")}
-  variables = model.get_initial_variables(jax.random.PRNGKey(seed), shapes)
-  params = jax.device_get(flax.linen.meta.unbox(variables["params"]))
+  params = random_params(config, seed)
   parent = os.path.dirname(os.path.abspath(path))
   os.makedirs(parent, exist_ok=True)
   # Written beside its final place, then renamed: never half a checkpoint.

@@ -25,10 +25,11 @@ from typing import Any, Optional
 
 import gin
 import jax
-import numpy as np
 import optax
 
 from prompt_tuning import data
+from prompt_tuning import evaluation
+from prompt_tuning import files
 from prompt_tuning import gin_utils
 from prompt_tuning import optimizers
 from prompt_tuning import partitioning
@@ -61,15 +62,6 @@ def _abstract(tree: Any) -> Any:
   return jax.tree.map(
       lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
       tree)
-
-
-def _write_json_atomic(path: str, value: Any) -> None:
-  if jax.process_index() != 0:
-    return
-  tmp = f"{path}.tmp-{os.getpid()}"
-  with open(tmp, "w", encoding="utf-8") as f:
-    json.dump(value, f, indent=2, sort_keys=True, default=str)
-  os.replace(tmp, path)
 
 
 def _model_info(model: Any, base: str, rows: dict[str, Any]) -> dict[str, Any]:
@@ -181,8 +173,10 @@ def train(*, model_dir: str = gin.REQUIRED,
   })
   summaries.screen("train", rows)
   gin_utils.write_config(model_dir)
-  _write_json_atomic(os.path.join(model_dir, MODEL_INFO_FILE),
-                     _model_info(model, base, rows))
+  files.write_text_on_process_0(
+      os.path.join(model_dir, MODEL_INFO_FILE),
+      json.dumps(_model_info(model, base, rows), indent=2, sort_keys=True,
+                 default=str))
 
   step_fn = trainer.make_train_step(model, optimizer, num_microbatches)
   dropout_key = (jax.random.PRNGKey(random_seed)
@@ -233,18 +227,17 @@ def train(*, model_dir: str = gin.REQUIRED,
           pending = None
         params = trainable.merge(state.params, frozen)
         if train_eval_dataset_cfg is not None:
-          from prompt_tuning import evaluation  # pylint: disable=g-import-not-at-top
           scalars = evaluation.training_eval(
               model, params, train_eval_dataset_cfg, mesh, eval_steps)
           writers.write("training_eval", step, scalars)
           last["training_eval"] = scalars
         if infer_eval_dataset_cfg is not None:
-          from prompt_tuning import evaluation  # pylint: disable=g-import-not-at-top
           if evaluator is None:
             evaluator = evaluation.Evaluator(
                 model, infer_eval_dataset_cfg, mesh,
                 log_dir=os.path.join(model_dir, "inference_eval"))
           last["inference_eval"] = evaluator.evaluate(params, step)
+    saved_steps = checkpoints.all_steps()
   finally:
     progress.close()
     writers.close()
@@ -258,9 +251,8 @@ def train(*, model_dir: str = gin.REQUIRED,
         end[f"{kind} {task}"] = summaries.format_metrics(metrics)
     else:
       end[kind] = summaries.format_metrics(values)
-  end["checkpoints"] = ", ".join(
-      f"checkpoint_{s}" for s in sorted(
-          run_checkpoints.RunCheckpoints(model_dir).all_steps()))
+  end["checkpoints"] = ", ".join(f"checkpoint_{s}"
+                                 for s in sorted(saved_steps))
   if run_checkpoints.exportable(model):
     end["prompt (.npy)"] = os.path.join(
         os.path.abspath(model_dir), run_checkpoints.NUMPY_DIR,

@@ -12,7 +12,6 @@ import json
 import os
 import pathlib
 
-import flax
 import gin
 import jax
 import numpy as np
@@ -22,6 +21,7 @@ import pytest
 import prompt_tuning as pt
 from prompt_tuning import data
 from prompt_tuning import optimizers
+from prompt_tuning import random_checkpoint
 from prompt_tuning import run_checkpoints
 from prompt_tuning import train as train_lib
 from prompt_tuning import trainable
@@ -51,12 +51,7 @@ def clean_gin():
 def tiny_base(tmp_path_factory) -> str:
   """A random tiny T5.1.1 written as a T5X checkpoint."""
   path = str(tmp_path_factory.mktemp("base") / "checkpoint_0")
-  model = pt.build_model(TINY)
-  variables = model.get_initial_variables(
-      jax.random.PRNGKey(0), {"encoder_input_tokens": (1, 8),
-                              "decoder_input_tokens": (1, 8)})
-  t5x.write_t5x_checkpoint(
-      jax.device_get(flax.linen.meta.unbox(variables["params"])), path)
+  t5x.write_t5x_checkpoint(random_checkpoint.random_params(TINY), path)
   return path
 
 
@@ -257,11 +252,8 @@ GPT2_TINY = pt.TransformerConfig(
 @pytest.fixture(scope="module")
 def gpt2_base(tmp_path_factory) -> str:
   path = str(tmp_path_factory.mktemp("gpt2_base") / "checkpoint_0")
-  model = pt.build_model(GPT2_TINY)
-  variables = model.get_initial_variables(
-      jax.random.PRNGKey(1), {"decoder_input_tokens": (1, 8)})
-  t5x.write_t5x_checkpoint(
-      jax.device_get(flax.linen.meta.unbox(variables["params"])), path)
+  t5x.write_t5x_checkpoint(random_checkpoint.random_params(GPT2_TINY, seed=1),
+                           path)
   return path
 
 
