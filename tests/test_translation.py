@@ -400,3 +400,19 @@ def test_chinese_targets_are_scored_with_the_zh_tokenizer():
       "bleu": pytest.approx(zh, abs=1e-9)}
   assert translation.metric_fns("zh")[0] is translation.bleu_zh
   assert translation.metric_fns("en")[0] is translation.bleu
+
+
+@pytest.mark.parametrize("name", ["demo_bible_en_es_mt5",
+                                  "demo_bible_en_es_msp_mgpt"])
+def test_demo_subword_variants_build_batches(name):
+  """The demo's mT5 / mGPT variants (here, so this module's tiny mT5 model
+  stands in for the real one); they read the shipped file, not TFDS."""
+  for converter in (seqio.EncDecFeatureConverter(pack=False),
+                    seqio.DecoderFeatureConverter(pack=False)):
+    ds = seqio.get_dataset(name, LENGTHS, dataset_split="validation",
+                           shuffle=False, feature_converter=converter)
+    batch = next(ds.as_numpy_iterator())
+    assert batch["decoder_target_tokens"].any(), name
+    assert all(v.dtype == np.int32 for v in batch.values()), name
+    assert set(batch) >= {"decoder_input_tokens", "decoder_target_tokens",
+                          "decoder_loss_weights"}, name
