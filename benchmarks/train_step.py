@@ -49,37 +49,12 @@ from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import common  # pylint: disable=g-import-not-at-top,wrong-import-position
+import config_s  # pylint: disable=g-import-not-at-top,wrong-import-position
+from config_s import Shape  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 METHODS = ("prompt", "prefix", "model")
 DEFAULT_OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)),
                            "results", "train_step.json")
-
-
-@dataclasses.dataclass(frozen=True)
-class Shape:
-  """A T5.1.1-style model and batch shape."""
-
-  d_model: int = 512  # embedding width
-  num_heads: int = 8
-  d_kv: int = 64  # per-head width
-  d_ff: int = 1024  # gated-GELU hidden width (two input projections)
-  num_layers: int = 6  # encoder layers; the decoder has as many
-  vocab: int = 32128
-  batch: int = 8
-  inputs: int = 128  # encoder input length (before the prompt)
-  targets: int = 32  # decoder length
-  length: int = 20  # P: prompt / prefix length
-
-  def __post_init__(self):
-    for field in dataclasses.fields(self):
-      if getattr(self, field.name) < 1:
-        raise ValueError(f"{field.name}={getattr(self, field.name)} must be "
-                         ">= 1.")
-
-
-CONFIG_S = Shape()
-SMALL = Shape(d_model=64, num_heads=4, d_kv=16, d_ff=128, num_layers=2,
-              vocab=512, batch=2, inputs=16, targets=8, length=4)
 
 
 # ----------------------------------------------------------------------------
@@ -131,58 +106,6 @@ def step_flops(s: Shape, method: str) -> float:
   return 2 * forward
 
 
-# ----------------------------------------------------------------------------
-# The shared model and batch.
-
-
-def build_hf_model(s: Shape):
-  """A random T5.1.1-style model with an lm_head of its own."""
-  import torch  # pylint: disable=g-import-not-at-top
-  import transformers  # pylint: disable=g-import-not-at-top
-  torch.manual_seed(0)
-  config = transformers.T5Config(
-      vocab_size=s.vocab, d_model=s.d_model, d_kv=s.d_kv, d_ff=s.d_ff,
-      num_heads=s.num_heads, num_layers=s.num_layers,
-      num_decoder_layers=s.num_layers, feed_forward_proj="gated-gelu",
-      tie_word_embeddings=False, dropout_rate=0.0, decoder_start_token_id=0,
-      pad_token_id=0, eos_token_id=1)
-  model = transformers.T5ForConditionalGeneration(config)
-  # transformers 5 still ties lm_head to `shared` when tie_word_embeddings
-  # is False; give it its own weight and drop the tie (tests/hf_models.py).
-  model.lm_head.weight = torch.nn.Parameter(
-      torch.randn(s.vocab, s.d_model) * s.d_model ** -0.5)
-  model.all_tied_weights_keys.pop("lm_head.weight", None)
-  assert model.lm_head.weight is not model.shared.weight
-  return model
-
-
-def make_batch(s: Shape) -> dict[str, Any]:
-  """A fixed random batch, no padding: T5X feature names, numpy int32."""
-  import numpy as np  # pylint: disable=g-import-not-at-top
-  rng = np.random.default_rng(0)
-  targets = rng.integers(2, s.vocab, (s.batch, s.targets), dtype=np.int32)
-  return {
-      "encoder_input_tokens": rng.integers(2, s.vocab, (s.batch, s.inputs),
-                                           dtype=np.int32),
-      "decoder_input_tokens": np.pad(targets[:, :-1], ((0, 0), (1, 0))),
-      "decoder_target_tokens": targets,
-  }
-
-
-# ----------------------------------------------------------------------------
-# Ours.
-
-
-def our_method(method: str, s: Shape):
-  import prompt_tuning as pt  # pylint: disable=g-import-not-at-top
-  if method == "prompt":
-    return pt.PromptTuning(length=s.length)
-  if method == "prefix":
-    # PEFT's T5 prefix reaches decoder self-attention only; match its work.
-    return pt.PrefixTuning(length=s.length, kinds=("decoder_self",))
-  return pt.ModelTuning()
-
-
 def build_ours(path: str, method: str, s: Shape, batch) -> dict[str, Any]:
   """Loads ours, compiles the step; returns {"run", "compile_s", ...}."""
   import jax  # pylint: disable=g-import-not-at-top
@@ -190,7 +113,7 @@ def build_ours(path: str, method: str, s: Shape, batch) -> dict[str, Any]:
   import prompt_tuning as pt  # pylint: disable=g-import-not-at-top
   from prompt_tuning import optimizers  # pylint: disable=g-import-not-at-top
   from prompt_tuning import trainer  # pylint: disable=g-import-not-at-top
-  model, variables = pt.load_pretrained(path, method=our_method(method, s))
+  model, variables = pt.load_pretrained(path, method=config_s.our_method(method, s))
   optimizer = optimizers.adafactor()
   state, frozen = trainer.init_state(model, variables["params"], optimizer)
   del variables
@@ -233,7 +156,6 @@ def torch_adafactor(params):
 def build_peft(base, method: str, s: Shape, batch) -> dict[str, Any]:
   """PEFT (or the plain model for model tuning) with its step closure."""
   import peft  # pylint: disable=g-import-not-at-top
-  import torch  # pylint: disable=g-import-not-at-top
   model = copy.deepcopy(base)
   if method == "prompt":
     model = peft.get_peft_model(model, peft.PromptTuningConfig(
@@ -248,16 +170,7 @@ def build_peft(base, method: str, s: Shape, batch) -> dict[str, Any]:
   model.train()
   params = [p for p in model.parameters() if p.requires_grad]
   optimizer = torch_adafactor(params)
-  inputs = {
-      "input_ids": torch.tensor(batch["encoder_input_tokens"],
-                                dtype=torch.long),
-      "attention_mask": torch.ones(batch["encoder_input_tokens"].shape,
-                                   dtype=torch.long),
-      "decoder_input_ids": torch.tensor(batch["decoder_input_tokens"],
-                                        dtype=torch.long),
-      "labels": torch.tensor(batch["decoder_target_tokens"],
-                             dtype=torch.long),
-  }
+  inputs = config_s.hf_inputs(batch)
   box = {}
 
   def run():
@@ -321,11 +234,7 @@ def parse_args(argv=None):
   # (buffer allocation); the default keeps them out of the median.
   parser.add_argument("--warmup", type=int, default=4,
                       help="untimed steps per side after compilation")
-  parser.add_argument("--small", action="store_true",
-                      help="a tiny shape for a quick check (not config S)")
-  for field in dataclasses.fields(Shape):
-    parser.add_argument(f"--{field.name}", type=int, default=None,
-                        help=f"override config S's {field.name}")
+  config_s.add_shape_args(parser)
   parser.add_argument("--peak_n", type=int, default=4096,
                       help="matmul size for the float32 peak")
   parser.add_argument("--threads", type=int, default=None,
@@ -344,10 +253,7 @@ def parse_args(argv=None):
 
 def main(argv=None) -> dict[str, Any]:
   args = parse_args(argv)
-  shape = SMALL if args.small else CONFIG_S
-  shape = dataclasses.replace(shape, **{
-      f.name: getattr(args, f.name) for f in dataclasses.fields(Shape)
-      if getattr(args, f.name) is not None})
+  shape = config_s.shape_from_args(args)
   import torch  # pylint: disable=g-import-not-at-top
   threads = args.threads or common.cpu_threads()
   torch.set_num_threads(threads)
@@ -359,8 +265,8 @@ def main(argv=None) -> dict[str, Any]:
   print(f"float32 matmul peak ({args.peak_n}^2 jnp.dot, median of "
         f"{common.MIN_REPS}): {peak['flop_per_s'] / 1e9:.1f} GFLOP/s; "
         f"torch threads {threads}")
-  batch = make_batch(shape)
-  base = build_hf_model(shape)
+  batch = config_s.make_batch(shape)
+  base = config_s.build_hf_model(shape)
   rows = []
   with tempfile.TemporaryDirectory() as path:
     base.save_pretrained(path)
