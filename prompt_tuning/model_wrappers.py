@@ -276,6 +276,9 @@ class EncoderDecoderModel(BaseModel):
     features = self._features(batch)
     apply = self.module.apply
     encoded = apply({"params": params}, inputs, method="encode", **features)
+    if isinstance(self.module, transformer.EncoderDecoder):
+      # Project the cross-attention keys/values once, not at every step.
+      encoded = apply({"params": params}, encoded, method="cross_key_values")
     cache = self._init_cache(
         apply, {"params": params}, encoded, inputs,
         jnp.zeros((batch_size, max_len), jnp.int32), method="decode",

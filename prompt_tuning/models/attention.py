@@ -10,7 +10,7 @@ caller over [prefix ; keys], so position conventions live in one visible place.
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Union
 
 import flax
 import flax.linen as nn
@@ -79,7 +79,8 @@ class MultiHeadAttention(nn.Module):
   dtype: jnp.dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, inputs_q: jax.Array, inputs_kv: jax.Array, *,
+  def __call__(self, inputs_q: Optional[jax.Array],
+               inputs_kv: Union[jax.Array, KeyValue], *,
                mask: Optional[jax.Array] = None,
                bias: Optional[jax.Array] = None,
                kv_prefix: Optional[KeyValue] = None,
@@ -88,8 +89,11 @@ class MultiHeadAttention(nn.Module):
     """Attends from inputs_q to [kv_prefix ; inputs_kv (or the cache)].
 
     Args:
-      inputs_q: [batch, q_len, embed].
-      inputs_kv: [batch, kv_len, embed] (inputs_q itself for self-attention).
+      inputs_q: [batch, q_len, embed]; None only projects inputs_kv and
+        returns (None, its KeyValue): cross-attention keys/values computed
+        once before decoding instead of at every step.
+      inputs_kv: [batch, kv_len, embed] (inputs_q itself for self-attention),
+        or a KeyValue projected earlier, used as is.
       mask, bias: over [prefix_len + keys], see `dot_product_attention`. With
         a cache the keys are all cache slots: [prefix_len + cache_len].
       kv_prefix: external keys/values [batch, prefix_len, heads, head_dim]
@@ -104,14 +108,19 @@ class MultiHeadAttention(nn.Module):
     project = lambda name, axes: layers.Dense(
         joined, axes, self.use_bias, self.dtype, name=name)
     split = lambda x: x.reshape(x.shape[:2] + (self.num_heads, self.head_dim))
-    query = split(project("query", ("embed", "joined_kv"))(inputs_q))
-    key = split(project("key", ("embed", "joined_kv"))(inputs_kv))
-    value = split(project("value", ("embed", "joined_kv"))(inputs_kv))
     axes = ("batch", "length", "heads", "kv")
+    if isinstance(inputs_kv, KeyValue):
+      new_kv = inputs_kv
+    else:
+      new_kv = KeyValue(*(
+          nn.with_logical_constraint(
+              split(project(name, ("embed", "joined_kv"))(inputs_kv)), axes)
+          for name in ("key", "value")))
+    if inputs_q is None:
+      return None, new_kv
+    query = split(project("query", ("embed", "joined_kv"))(inputs_q))
     query = nn.with_logical_constraint(query, axes)
-    key = nn.with_logical_constraint(key, axes)
-    value = nn.with_logical_constraint(value, axes)
-    new_kv = KeyValue(key, value)
+    key, value = new_kv.key, new_kv.value
 
     if cache_slots is not None:
       key, value = self._update_cache(key, value, cache_slots)

@@ -9,7 +9,7 @@ or KV prefixes without touching this file.
 
 from __future__ import annotations
 
-from typing import Mapping, Optional
+from typing import Mapping, Optional, Union
 
 import flax.linen as nn
 import jax
@@ -104,8 +104,9 @@ class DecoderLayer(nn.Module):
   has_cross_attention: bool
 
   @nn.compact
-  def __call__(self, x: jax.Array, *, mask: jax.Array,
-               bias: Optional[jax.Array], encoded: Optional[jax.Array],
+  def __call__(self, x: Optional[jax.Array], *, mask: Optional[jax.Array],
+               bias: Optional[jax.Array],
+               encoded: Union[None, jax.Array, KeyValue],
                cross_mask: Optional[jax.Array],
                cache_slots: Optional[jax.Array],
                self_prefix: Optional[KeyValue] = None,
@@ -114,9 +115,13 @@ class DecoderLayer(nn.Module):
     """x: [batch, q, embed]; encoded: [batch, k, embed] -> [batch, q, embed].
 
     Also returns this layer's self-attention keys/values of x (MSP hands
-    them from one stage to the next).
+    them from one stage to the next). `encoded` may be this layer's
+    cross-attention KeyValue, projected once before decoding; with x None
+    the layer only projects `encoded` and returns (None, that KeyValue).
     """
     cfg = self.config
+    if x is None:
+      return _attention(cfg, "encoder_decoder_attention")(None, encoded)
     x, self_kv = _attention_sublayer(
         cfg, x, None, norm_name="pre_self_attention_layer_norm",
         attention_name="self_attention", mask=mask, bias=bias,
@@ -235,10 +240,21 @@ class Decoder(nn.Module):
     """[batch, length] ids -> [batch, length, embed] (no positions yet)."""
     return self._embedder()(tokens)
 
+  def cross_key_values(self, encoded: jax.Array) -> tuple[KeyValue, ...]:
+    """Every layer's cross-attention keys/values of the encoder output.
+
+    Decoding computes them once and passes them as `encoded`, instead of
+    projecting [batch, k, embed] again at every step (HF's cross-attention
+    cache; T5X re-projects).
+    """
+    return tuple(layer(None, mask=None, bias=None, encoded=encoded,
+                       cross_mask=None, cache_slots=None, deterministic=True)[1]
+                 for layer in self.layers)
+
   def __call__(self, embedded: jax.Array, *,
                positions: Optional[jax.Array] = None,
                self_mask: Optional[jax.Array] = None,
-               encoded: Optional[jax.Array] = None,
+               encoded: Union[None, jax.Array, tuple[KeyValue, ...]] = None,
                cross_mask: Optional[jax.Array] = None,
                decode: bool = False,
                cache_advance: Optional[jax.Array] = None,
@@ -255,7 +271,8 @@ class Decoder(nn.Module):
         decoding.
       self_mask: bool [batch, 1, q, q] among these q tokens; default causal.
         When decoding, earlier cache slots are added as visible.
-      encoded, cross_mask: encoder output [batch, k, embed] and [b, 1, q, k].
+      encoded, cross_mask: encoder output [batch, k, embed] (or its
+        `cross_key_values`, one KeyValue per layer) and [b, 1, q, k].
       decode: write this chunk into the cache and attend over the cache.
       cache_advance: int [batch], how far each example's write index moves
         after this chunk (default q); prefill of padded prompts passes the
@@ -298,7 +315,8 @@ class Decoder(nn.Module):
     new_kvs = []
     for i, layer in enumerate(self.layers):
       x, kv = layer(
-          x, mask=self_mask, bias=bias, encoded=encoded,
+          x, mask=self_mask, bias=bias,
+          encoded=encoded[i] if isinstance(encoded, tuple) else encoded,
           cross_mask=cross_mask, cache_slots=cache_slots,
           self_prefix=(None if self_prefix is None
                        else self_prefix.layer(i, batch)),
@@ -390,7 +408,13 @@ class EncoderDecoder(nn.Module, MethodHooks):
                               not enable_dropout),
         deterministic=not enable_dropout)
 
-  def decode(self, encoded: jax.Array, encoder_input_tokens: jax.Array,
+  def cross_key_values(self, encoded: jax.Array) -> tuple[KeyValue, ...]:
+    """The decoder's cross-attention keys/values of `encoded`, per layer;
+    `decode` accepts them in place of `encoded`."""
+    return self.decoder.cross_key_values(encoded)
+
+  def decode(self, encoded: Union[jax.Array, tuple[KeyValue, ...]],
+             encoder_input_tokens: jax.Array,
              decoder_input_tokens: jax.Array, *,
              decoder_positions: Optional[jax.Array] = None,
              enable_dropout: bool = False, decode: bool = False,
