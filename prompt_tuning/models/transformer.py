@@ -47,9 +47,10 @@ def _relpos(cfg: TransformerConfig, bidirectional: bool,
       dtype=cfg.activation_dtype, name=name)
 
 
-def _batch_positions(batch: int, length: int) -> jax.Array:
-  return jnp.broadcast_to(jnp.arange(length, dtype=jnp.int32),
-                          (batch, length))
+def _shared_positions(length: int) -> jax.Array:
+  """Positions 0..length-1 as [1, length]: every example has the same, so
+  position biases are computed once and broadcast over the batch."""
+  return jnp.arange(length, dtype=jnp.int32)[None, :]
 
 
 def _attention_sublayer(cfg: TransformerConfig, x: jax.Array,
@@ -144,7 +145,7 @@ class Encoder(nn.Module):
   def __call__(self, embedded: jax.Array, *, positions: jax.Array,
                mask: jax.Array, prefix: Optional[KvPrefix] = None,
                deterministic: bool = True) -> jax.Array:
-    """embedded [batch, L, embed], positions [batch, L], mask [b, 1, L, L].
+    """embedded [batch, L, embed], positions [batch or 1, L], mask [b, 1, L, L].
 
     `prefix` adds per-layer keys/values before each layer's own keys.
     """
@@ -267,8 +268,8 @@ class Decoder(nn.Module):
 
     Args:
       embedded: [batch, q, embed] token (and prompt) embeddings.
-      positions: int [batch, q]; default 0..q-1, or the cache slots when
-        decoding.
+      positions: int [batch or 1, q]; default 0..q-1 as [1, q], or the
+        cache slots when decoding.
       self_mask: bool [batch, 1, q, q] among these q tokens; default causal.
         When decoding, earlier cache slots are added as visible.
       encoded, cross_mask: encoder output [batch, k, embed] (or its
@@ -294,7 +295,7 @@ class Decoder(nn.Module):
           positions, self_mask, cache_advance, position_offset)
     else:
       if positions is None:
-        positions = _batch_positions(batch, q) + position_offset
+        positions = _shared_positions(q) + position_offset
       key_positions = positions
 
     x = embedded
@@ -401,7 +402,7 @@ class EncoderDecoder(nn.Module, MethodHooks):
     batch, length = valid.shape
     return self.encoder(
         embedded,
-        positions=(_batch_positions(batch, length)
+        positions=(_shared_positions(length)
                    + self.position_offset("encoder_self")),
         mask=masks.attention_mask(valid, valid),
         prefix=self.kv_prefix("encoder_self", batch, features,
