@@ -25,6 +25,8 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from prompt_tuning import model_wrappers
 
+_AUTOTUNE = -1  # tf.data.AUTOTUNE, without importing TensorFlow here
+
 Batch = dict[str, np.ndarray]
 
 
@@ -161,10 +163,13 @@ def get_dataset(cfg: DatasetConfig, model: model_wrappers.BaseModel, *,
 
 
 def iterate(ds: Any, skip: int = 0) -> Iterator[Batch]:
-  """numpy batches, after skipping `skip` (the data position on resume)."""
+  """numpy batches, after skipping `skip` (the data position on resume).
+
+  tf.data prepares the next batches on its own threads while a step runs.
+  """
   if skip:
     ds = ds.skip(skip)
-  return ds.as_numpy_iterator()
+  return ds.prefetch(_AUTOTUNE).as_numpy_iterator()
 
 
 def batch_sharding(mesh: Mesh, ndim: int) -> NamedSharding:
