@@ -344,12 +344,14 @@ class DecoderOnlyModel(BaseModel):
 
     # Prefill every prompt at once; each cache index then sits right after
     # its own prompt, so examples of different lengths decode side by side.
+    # Only the last prompt token's logits predict the first output token.
+    last = jnp.maximum(prompt_lengths - 1, 0)
     logits, state = apply(
         {"params": params, "cache": cache}, prompts,
         decoder_causal_attention=region, decode=True,
-        cache_advance=prompt_lengths, mutable=["cache"], **features)
-    last = jnp.maximum(prompt_lengths - 1, 0)
-    first_logits = jnp.take_along_axis(logits, last[:, None, None], 1)[:, 0]
+        cache_advance=prompt_lengths, logits_at=last, mutable=["cache"],
+        **features)
+    first_logits = logits[:, 0]
 
     def make_step(tile):
       tiled = decoding.tile_beams(features, tile)

@@ -200,7 +200,7 @@ class PromptDecoderOnly(transformer.DecoderOnly):
   def __call__(self, decoder_input_tokens, decoder_target_tokens=None, *,
                decoder_causal_attention=None, decoder_positions=None,
                enable_dropout=False, decode=False, cache_advance=None,
-               **features):
+               logits_at=None, **features):
     """As DecoderOnly; the prompt (P rows) is placed by the layout and, when
     decoding, written into the cache ahead of the inputs."""
     del decoder_target_tokens
@@ -215,11 +215,16 @@ class PromptDecoderOnly(transformer.DecoderOnly):
     region = (decoder_causal_attention if self.config.prefix_lm else None)
     if cache_advance is not None:
       cache_advance = cache_advance + self.method.length
+    if logits_at is not None:
+      # The input position's place among prompt and inputs.
+      logits_at = jnp.take_along_axis(layout.input_position,
+                                      logits_at[:, None], axis=1)[:, 0]
     logits = self.decoder(
         embedded, self_mask=decoder_prompt_mask(layout, region),
-        decode=decode, cache_advance=cache_advance,
+        decode=decode, cache_advance=cache_advance, logits_at=logits_at,
         deterministic=not enable_dropout)
-    return combine_lib.drop_prompt(logits, layout)
+    return logits if logits_at is not None else combine_lib.drop_prompt(
+        logits, layout)
 
 
 def decoder_prompt_mask(layout: combine_lib.Layout,

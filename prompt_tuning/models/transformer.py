@@ -263,6 +263,7 @@ class Decoder(nn.Module):
                cross_prefix: Optional[KvPrefix] = None,
                position_offset: int = 0,
                return_kv: bool = False,
+               logits_at: Optional[jax.Array] = None,
                deterministic: bool = True):
     """Runs the stack; returns float32 logits [batch, q, vocab].
 
@@ -284,6 +285,8 @@ class Decoder(nn.Module):
         the first positions, as in the reference prefix tuning).
       return_kv: also return every layer's self-attention keys/values of
         these q tokens, [layers, batch, q, heads, head_dim].
+      logits_at: int [batch]; logits only at this position of each example,
+        [batch, 1, vocab] (a prefill needs just the last prompt token's).
     """
     cfg = self.config
     batch, q = embedded.shape[:2]
@@ -325,6 +328,8 @@ class Decoder(nn.Module):
                         else cross_prefix.layer(i, batch)),
           deterministic=deterministic)
       new_kvs.append(kv)
+    if logits_at is not None:
+      x = jnp.take_along_axis(x, logits_at[:, None, None], axis=1)
     x = self.decoder_norm(x)
     x = self.dropout(x, deterministic=deterministic)
     if cfg.logits_via_embedding:
@@ -462,11 +467,13 @@ class DecoderOnly(nn.Module, MethodHooks):
                decoder_positions: Optional[jax.Array] = None,
                enable_dropout: bool = False, decode: bool = False,
                cache_advance: Optional[jax.Array] = None,
+               logits_at: Optional[jax.Array] = None,
                **features) -> jax.Array:
     """Logits [batch, q, vocab] for inputs [batch, q].
 
     `decoder_causal_attention` [batch, q] marks the prefix-LM input region; it
-    only changes the mask when `config.prefix_lm` is set.
+    only changes the mask when `config.prefix_lm` is set. `logits_at` int
+    [batch] gives logits [batch, 1, vocab] at that input position only.
     """
     del decoder_target_tokens
     batch, q = decoder_input_tokens.shape
@@ -478,7 +485,7 @@ class DecoderOnly(nn.Module, MethodHooks):
         self_prefix=self.kv_prefix("decoder_self", batch, features,
                                    not enable_dropout),
         position_offset=self.position_offset("decoder_self"),
-        deterministic=not enable_dropout)
+        logits_at=logits_at, deterministic=not enable_dropout)
 
   def decode_step(self, decoder_input_tokens: jax.Array,
                   **features) -> jax.Array:
