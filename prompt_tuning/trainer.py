@@ -17,6 +17,7 @@ import flax
 import jax
 import jax.numpy as jnp
 import optax
+from jax.sharding import NamedSharding, PartitionSpec
 
 from prompt_tuning import model_wrappers
 from prompt_tuning import trainable
@@ -44,8 +45,27 @@ def init_state(model: model_wrappers.BaseModel, params: Params,
   """
   train, frozen = trainable.split(params, model.trainable_patterns)
   train = jax.tree.map(jnp.copy, train)
-  return TrainState(jnp.zeros((), jnp.int32), train,
-                    optimizer.init(train)), frozen
+  state = TrainState(jnp.zeros((), jnp.int32), train, optimizer.init(train))
+  return _commit(state, train), frozen
+
+
+def _commit(state: TrainState, train: Params) -> TrainState:
+  """Gives the state the placements the step's outputs will have.
+
+  The step counter and optimizer scalars are born uncommitted (default
+  device) while the params sit on a mesh, and a loaded param's sharding may
+  be spelled differently from XLA's for the same placement (P(None, None)
+  vs P()). Either makes the second step compile the whole program again;
+  passing the state once through a compiled copy fixes both.
+  """
+  leaf = jax.tree.leaves(train)[0]
+  sharding = leaf.sharding
+  if isinstance(sharding, NamedSharding):
+    sharding = NamedSharding(sharding.mesh, PartitionSpec())
+  state = jax.tree.map(
+      lambda x: x if getattr(x, "committed", True) else jax.device_put(
+          x, sharding), state)
+  return jax.jit(lambda s: jax.tree.map(jnp.copy, s))(state)
 
 
 def _split_microbatches(batch: Batch, num_microbatches: int) -> Batch:

@@ -9,7 +9,9 @@ import optax
 import pytest
 
 import prompt_tuning as pt
+from prompt_tuning import data
 from prompt_tuning import optimizers
+from prompt_tuning import partitioning
 from prompt_tuning import trainer
 from prompt_tuning.models import configs
 
@@ -64,6 +66,27 @@ def test_steps_compile_once_and_donate_the_state(prompt_model):
   # New batches of the same shapes reuse the one compiled step.
   assert step._cache_size() == 1  # pylint: disable=protected-access
   assert not any(x.is_deleted() for x in jax.tree.leaves(frozen))
+
+
+def test_a_state_on_a_mesh_compiles_once():
+  # Loaded params are placed as P(None, None) where XLA writes P(), and the
+  # optimizer's scalars start uncommitted; neither may cost a recompile.
+  model = pt.build_model(T5, method=pt.PromptTuning(length=3))
+  boxed = model.get_initial_variables(
+      jax.random.PRNGKey(0), {"encoder_input_tokens": (1, 4),
+                              "decoder_input_tokens": (1, 3)})["params"]
+  mesh = partitioning.make_mesh(data=2, model=4)
+  params = jax.tree.map(
+      lambda b: jax.device_put(b.value, partitioning.logical_to_sharding(
+          b.names, mesh, shape=b.value.shape)),
+      boxed, is_leaf=lambda x: isinstance(x, nn.Partitioned))
+  optimizer = optimizers.adafactor()
+  state, frozen = trainer.init_state(model, params, optimizer)
+  step = trainer.make_train_step(model, optimizer)
+  batch = data.to_global(BATCH, mesh)
+  for _ in range(3):
+    state, _ = step(state, frozen, batch, None)
+  assert step._cache_size() == 1  # pylint: disable=protected-access
 
 
 def test_optimizer_state_covers_only_trainable_params(prompt_model):
