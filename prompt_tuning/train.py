@@ -178,7 +178,8 @@ def train(*, model_dir: str = gin.REQUIRED,
       json.dumps(_model_info(model, base, rows), indent=2, sort_keys=True,
                  default=str))
 
-  step_fn = trainer.make_train_step(model, optimizer, num_microbatches)
+  step_fn = trainer.make_train_step(model, optimizer, num_microbatches,
+                                    mesh=mesh)
   dropout_key = (jax.random.PRNGKey(random_seed)
                  if model.config.dropout_rate > 0 else None)
   batches = data.iterate(train_ds, skip=start)

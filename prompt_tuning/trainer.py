@@ -14,12 +14,14 @@ from __future__ import annotations
 from typing import Any, Callable, Mapping, Optional
 
 import flax
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import optax
-from jax.sharding import NamedSharding, PartitionSpec
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from prompt_tuning import model_wrappers
+from prompt_tuning import partitioning
 from prompt_tuning import trainable
 
 Params = Any
@@ -80,13 +82,17 @@ def _split_microbatches(batch: Batch, num_microbatches: int) -> Batch:
 
 def make_train_step(model: model_wrappers.BaseModel,
                     optimizer: optax.GradientTransformation,
-                    num_microbatches: int = 1
+                    num_microbatches: int = 1, *,
+                    mesh: Optional[Mesh] = None,
+                    rules: partitioning.Rules = partitioning.LOGICAL_AXIS_RULES
                     ) -> Callable[..., tuple[TrainState, dict[str, Any]]]:
   """A jitted `step(state, frozen, batch, dropout_rng) -> (state, metrics)`.
 
   The loss is summed over microbatches (T5X's accumulation: with the default
   unnormalized loss, k microbatches give exactly the full batch's gradient).
   `dropout_rng` None trains without dropout. The state buffers are donated.
+  With a `mesh`, the step is traced on it under `rules`, so the models'
+  activation sharding constraints (logical axis names) take effect.
   """
   if num_microbatches < 1:
     raise ValueError(f"num_microbatches={num_microbatches} must be >= 1.")
@@ -136,6 +142,14 @@ def make_train_step(model: model_wrappers.BaseModel,
     metrics = dict(metrics, loss=loss, finite=finite,
                    grad_norm=optax.tree.norm(grads))
     return new, metrics
+
+  if mesh is not None:
+    unconstrained = step
+
+    def step(*args):  # pylint: disable=function-redefined
+      with jax.sharding.use_abstract_mesh(mesh.abstract_mesh), \
+          nn.logical_axis_rules(rules):
+        return unconstrained(*args)
 
   return jax.jit(step, donate_argnums=(0,))
 

@@ -68,7 +68,7 @@ def test_steps_compile_once_and_donate_the_state(prompt_model):
   assert not any(x.is_deleted() for x in jax.tree.leaves(frozen))
 
 
-def test_a_state_on_a_mesh_compiles_once():
+def test_a_step_on_a_mesh_constrains_activations_and_compiles_once():
   # Loaded params are placed as P(None, None) where XLA writes P(), and the
   # optimizer's scalars start uncommitted; neither may cost a recompile.
   model = pt.build_model(T5, method=pt.PromptTuning(length=3))
@@ -82,8 +82,11 @@ def test_a_state_on_a_mesh_compiles_once():
       boxed, is_leaf=lambda x: isinstance(x, nn.Partitioned))
   optimizer = optimizers.adafactor()
   state, frozen = trainer.init_state(model, params, optimizer)
-  step = trainer.make_train_step(model, optimizer)
+  step = trainer.make_train_step(model, optimizer, mesh=mesh)
   batch = data.to_global(BATCH, mesh)
+  # The models' logical-axis constraints reach the program.
+  assert "sharding_constraint" in step.lower(state, frozen, batch,
+                                             None).as_text()
   for _ in range(3):
     state, _ = step(state, frozen, batch, None)
   assert step._cache_size() == 1  # pylint: disable=protected-access
