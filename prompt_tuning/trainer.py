@@ -61,6 +61,8 @@ def _commit(state: TrainState, train: Params) -> TrainState:
   passing the state once through a compiled copy fixes both.
   """
   leaf = jax.tree.leaves(train)[0]
+  if isinstance(leaf, jax.core.Tracer):  # under jit / eval_shape: no devices
+    return state
   sharding = leaf.sharding
   if isinstance(sharding, NamedSharding):
     sharding = NamedSharding(sharding.mesh, PartitionSpec())

@@ -1,0 +1,68 @@
+"""Every benchmark script runs from a fresh install and its correctness
+checks hold (README "Performance"). Shapes are the scripts' --small ones and
+one repetition: these tests never look at a timing."""
+
+import importlib
+import math
+import os
+import sys
+
+import pytest
+
+BENCHMARKS = os.path.join(os.path.dirname(os.path.dirname(
+    os.path.abspath(__file__))), "benchmarks")
+
+
+def _script(name):
+  if BENCHMARKS not in sys.path:
+    sys.path.insert(0, BENCHMARKS)
+  return importlib.import_module(name)
+
+
+def _run(name, tmp_path, *flags):
+  out = str(tmp_path / f"{name}.json")
+  payload = _script(name).main(
+      ["--small", "--reps", "1", "--warmup", "0", "--out", out, *flags])
+  assert os.path.exists(out)
+  assert payload["rows"]
+  return payload
+
+
+def test_train_step_trains_the_same_parameters_as_peft(tmp_path):
+  payload = _run("train_step", tmp_path)
+  rows = {r["method"]: r for r in payload["rows"]}
+  assert set(rows) == {"prompt", "prefix", "model"}
+  for row in rows.values():
+    assert row["trainable_ours"] == row["trainable_peft"], row["method"]
+    assert math.isfinite(row["loss_ours"]) and row["ours_s"] > 0
+  assert payload["peak"]["flop_per_s"] > 0
+
+
+def test_decode_tokens_equal_generate_with_peft(tmp_path):
+  payload = _run("decode", tmp_path)
+  compared = [r for r in payload["rows"] if r["token_match"] is not None]
+  # prompt tuning (greedy, beam 4) and GPT-2 prefix tuning (greedy, beam 4)
+  assert len(compared) == 4
+  assert all(r["token_match"] == 1.0 for r in compared)
+
+
+def test_serving_mixed_prompts_score_like_peft_per_task(tmp_path):
+  payload = _run("serving", tmp_path, "--ops", "score,greedy")
+  for summary in payload["summary"]:
+    if summary["op"] == "score":
+      assert summary["max_abs_score_diff"] < 1e-3
+    else:
+      assert summary["token_agreement"] == 1.0
+
+
+def test_memory_optimizer_state_is_the_trainable_share(tmp_path):
+  payload = _run("memory", tmp_path, "--kinds", "forward,train")
+  assert payload["opt_state_ok"]
+  kinds = {r["kind"] for r in payload["rows"]}
+  assert kinds == {"forward", "train"}
+
+
+def test_scaling_meshes_compute_the_same_step(tmp_path):
+  payload = _run("scaling", tmp_path, "--devices", "1,2")
+  assert {r["mesh"] for r in payload["rows"]} >= {"1x1", "2x1", "1x2"}
+  assert payload["max_rel_deviation"] < 1e-5
