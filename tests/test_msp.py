@@ -429,11 +429,11 @@ def test_cached_decoding_equals_full_forward(setup):
   cache = init_cache(model.module.apply, {"params": params}, encoded, source,
                      jnp.zeros((b, length), jnp.int32), method="decode")
   # The cache holds target tokens only, batch first (beam tiling repeats
-  # axis 0 of every leaf).
+  # axis 0 of every leaf); keys/values are [batch, heads, head_dim, length].
   for leaf in jax.tree.leaves(cache):
     assert leaf.shape[0] == b
   for leaf in jax.tree.leaves(cache["decoder"]["layers_0"]):
-    assert leaf.shape[1] == length
+    assert leaf.shape[-1] == length
   for step in range(length):
     logits, state = _decode_step(model)(params, cache, encoded, source,
                                         decoder_inputs[:, step:step + 1])

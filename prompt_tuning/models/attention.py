@@ -26,10 +26,31 @@ _MASKED_LOGIT = -1e10
 
 @flax.struct.dataclass
 class KeyValue:
-  """Projected keys and values, each [batch, length, heads, head_dim]."""
+  """Projected keys and values, each [batch, length, heads, head_dim].
+
+  With `layout` "bhdk" they are [batch, heads, head_dim, length] instead: the
+  operand layout XLA's batched dots take, so keys/values that are read many
+  times (cross-attention in every decoding step) are not transposed on every
+  read.
+  """
 
   key: jax.Array
   value: jax.Array
+  layout: str = flax.struct.field(pytree_node=False, default="blhd")
+
+  def to_layout(self, layout: str) -> "KeyValue":
+    if layout == self.layout:
+      return self
+    order = (0, 2, 3, 1) if layout == "bhdk" else (0, 3, 1, 2)
+    return KeyValue(jnp.transpose(self.key, order),
+                    jnp.transpose(self.value, order), layout)
+
+
+# einsum specs (logits, output) per key/value layout.
+_EINSUMS = {
+    "blhd": ("bqhd,bkhd->bhqk", "bhqk,bkhd->bqhd"),
+    "bhdk": ("bqhd,bhdk->bhqk", "bhqk,bhdk->bqhd"),
+}
 
 
 def dot_product_attention(query: jax.Array, key: jax.Array, value: jax.Array,
@@ -38,18 +59,21 @@ def dot_product_attention(query: jax.Array, key: jax.Array, value: jax.Array,
                           scale: float = 1.0,
                           dropout_rate: float = 0.0,
                           dropout_rng: Optional[jax.Array] = None,
-                          dtype: jnp.dtype = jnp.float32) -> jax.Array:
+                          dtype: jnp.dtype = jnp.float32,
+                          kv_layout: str = "blhd") -> jax.Array:
   """softmax(q k^T * scale + bias, masked) v, with logits in float32.
 
   Args:
     query: [batch, q_len, heads, head_dim].
-    key, value: [batch, kv_len, heads, head_dim].
+    key, value: [batch, kv_len, heads, head_dim], or with kv_layout "bhdk"
+      [batch, heads, head_dim, kv_len].
     mask: bool [batch, 1 or heads, q_len, kv_len]; False hides a key.
     bias: [batch or 1, heads, q_len, kv_len], added to the logits.
   Returns:
     [batch, q_len, heads, head_dim].
   """
-  logits = jnp.einsum("bqhd,bkhd->bhqk", query, key,
+  logits_spec, output_spec = _EINSUMS[kv_layout]
+  logits = jnp.einsum(logits_spec, query, key,
                       preferred_element_type=jnp.float32) * scale
   if bias is not None:
     logits = logits + bias.astype(jnp.float32)
@@ -59,7 +83,7 @@ def dot_product_attention(query: jax.Array, key: jax.Array, value: jax.Array,
   if dropout_rate > 0.0 and dropout_rng is not None:
     keep = jax.random.bernoulli(dropout_rng, 1.0 - dropout_rate, weights.shape)
     weights = jnp.where(keep, weights / (1.0 - dropout_rate), 0.0)
-  return jnp.einsum("bhqk,bkhd->bqhd", weights.astype(dtype), value)
+  return jnp.einsum(output_spec, weights.astype(dtype), value)
 
 
 class MultiHeadAttention(nn.Module):
@@ -90,8 +114,8 @@ class MultiHeadAttention(nn.Module):
 
     Args:
       inputs_q: [batch, q_len, embed]; None only projects inputs_kv and
-        returns (None, its KeyValue): cross-attention keys/values computed
-        once before decoding instead of at every step.
+        returns (None, its KeyValue in the "bhdk" layout): cross-attention
+        keys/values computed once before decoding, not at every step.
       inputs_kv: [batch, kv_len, embed] (inputs_q itself for self-attention),
         or a KeyValue projected earlier, used as is.
       mask, bias: over [prefix_len + keys], see `dot_product_attention`. With
@@ -117,17 +141,20 @@ class MultiHeadAttention(nn.Module):
               split(project(name, ("embed", "joined_kv"))(inputs_kv)), axes)
           for name in ("key", "value")))
     if inputs_q is None:
-      return None, new_kv
+      return None, new_kv.to_layout("bhdk")
     query = split(project("query", ("embed", "joined_kv"))(inputs_q))
     query = nn.with_logical_constraint(query, axes)
-    key, value = new_kv.key, new_kv.value
-
+    attended = new_kv
     if cache_slots is not None:
-      key, value = self._update_cache(key, value, cache_slots)
+      attended = self._update_cache(new_kv.key, new_kv.value, cache_slots)
+    key, value = attended.key, attended.value
     if kv_prefix is not None:
-      key = jnp.concatenate([kv_prefix.key.astype(key.dtype), key], axis=1)
-      value = jnp.concatenate([kv_prefix.value.astype(value.dtype), value],
-                              axis=1)
+      prefix = kv_prefix.to_layout(attended.layout)
+      length_axis = 1 if attended.layout == "blhd" else 3
+      key = jnp.concatenate([prefix.key.astype(key.dtype), key],
+                            axis=length_axis)
+      value = jnp.concatenate([prefix.value.astype(value.dtype), value],
+                              axis=length_axis)
 
     dropout_rng = None
     if not deterministic and self.dropout_rate > 0.0:
@@ -136,28 +163,33 @@ class MultiHeadAttention(nn.Module):
     out = dot_product_attention(
         query, key, value, mask=mask, bias=bias, scale=scale,
         dropout_rate=self.dropout_rate, dropout_rng=dropout_rng,
-        dtype=self.dtype)
+        dtype=self.dtype, kv_layout=attended.layout)
     out = out.reshape(out.shape[:2] + (joined,))
     out = layers.Dense(inputs_q.shape[-1], ("joined_kv", "embed"),
                        self.use_bias, self.dtype, name="out")(out)
     return nn.with_logical_constraint(out, ("batch", "length", "embed")), new_kv
 
   def _update_cache(self, key: jax.Array, value: jax.Array,
-                    slots: jax.Array) -> tuple[jax.Array, jax.Array]:
+                    slots: jax.Array) -> KeyValue:
     """Writes [batch, q_len, h, d] at `slots`; returns the full cache.
 
-    The first call (under `init`) only creates the cache, sized by its input:
-    callers initialise with a dummy input of the maximum length, as in T5X.
+    The cache is held as [batch, h, d, cache_len] ("bhdk"), the layout every
+    decoding step's dots read, so steps do not transpose it. The first call
+    (under `init`) only creates it, sized by its input: callers initialise
+    with a dummy input of the maximum length, as in T5X.
     """
     is_initialized = self.has_variable("cache", "cached_key")
-    cached_key = self.variable("cache", "cached_key", jnp.zeros, key.shape,
+    batch, length, heads, head_dim = key.shape
+    shape = (batch, heads, head_dim, length)
+    cached_key = self.variable("cache", "cached_key", jnp.zeros, shape,
                                key.dtype)
-    cached_value = self.variable("cache", "cached_value", jnp.zeros,
-                                 value.shape, value.dtype)
-    rows = jnp.arange(key.shape[0])[:, None]
-    full_key = cached_key.value.at[rows, slots].set(key)
-    full_value = cached_value.value.at[rows, slots].set(value)
+    cached_value = self.variable("cache", "cached_value", jnp.zeros, shape,
+                                 value.dtype)
+    rows = jnp.arange(batch)[:, None]
+    # Advanced indices around two slices: the target is [batch, q, h, d].
+    full_key = cached_key.value.at[rows, :, :, slots].set(key)
+    full_value = cached_value.value.at[rows, :, :, slots].set(value)
     if is_initialized:
       cached_key.value = full_key
       cached_value.value = full_value
-    return full_key, full_value
+    return KeyValue(full_key, full_value, "bhdk")
