@@ -80,6 +80,28 @@ def matmul_peak(n: int = 4096, reps: int = MIN_REPS) -> dict[str, float]:
           "flop_per_s": 2.0 * n ** 3 / seconds}
 
 
+def memory_bandwidth(mib: int = 256, reps: int = MIN_REPS
+                     ) -> dict[str, float]:
+  """The machine's read bandwidth as XLA sees it: a jitted sum over a
+  float32 array of `mib` MiB (far larger than any cache); the median of
+  `reps` after one warm-up. What bounds a step that streams weights."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  x = jnp.ones((mib * 2 ** 20 // 4,), jnp.float32)
+  total = jax.jit(jnp.sum)
+  total(x).block_until_ready()
+  seconds = median([time_call(lambda: total(x).block_until_ready())
+                    for _ in range(reps)])
+  return {"mib": mib, "seconds": seconds,
+          "bytes_per_s": x.nbytes / seconds}
+
+
+def tree_bytes(tree: Any) -> int:
+  """Bytes of every array leaf of a pytree."""
+  import jax  # pylint: disable=g-import-not-at-top
+  return int(sum(x.nbytes for x in jax.tree.leaves(tree)))
+
+
 def machine_info() -> dict[str, Any]:
   """What the numbers were measured on."""
   info = {"platform": platform.platform(), "python": platform.python_version(),

@@ -228,6 +228,28 @@ def bench_pairs(part: str, contenders: Mapping[str, Callable[[int], Any]],
   return rows
 
 
+def with_weight_bytes(rows, decoder_params) -> list[dict[str, Any]]:
+  """Adds the bytes of weights every decoding step reads (the decoder stack
+  and its logits matrix) to each row."""
+  for row in rows:
+    row["weight_bytes"] = common.tree_bytes(decoder_params)
+  return rows
+
+
+def add_limits(rows, new_tokens: int, bandwidth: float) -> None:
+  """Per-step time vs the floor set by streaming the decoder's weights.
+
+  At batch 8 a step does ~2 FLOPs per weight per row: it is bound by reading
+  the weights, not by the matmul peak. ms/step counts the whole call (the
+  encoder or prefill included) over its steps; the floor is weight bytes /
+  measured read bandwidth, for one step.
+  """
+  for row in rows:
+    row["ours_ms_step"] = row["ours_s"] / new_tokens * 1e3
+    row["ref_ms_step"] = row["ref_s"] / new_tokens * 1e3
+    row["floor_ms_step"] = row["weight_bytes"] / bandwidth * 1e3
+
+
 def _quiet_warnings() -> None:
   # transformers' deprecation reached from PEFT, not ours to fix.
   warnings.filterwarnings("ignore", ".*is_gradient_checkpointing.*",
@@ -269,8 +291,9 @@ def bench_config_s(s: Shape, reps: int, warmup: int) -> list[dict[str, Any]]:
           theirs, hf_inputs, k, s.targets, skip=1,  # the decoder start
           pad_token_id=0),
   }
-  return bench_pairs("S", contenders, [("ours prompt", "PEFT prompt", True)],
+  rows = bench_pairs("S", contenders, [("ours prompt", "PEFT prompt", True)],
                      s.batch * s.targets, reps, warmup)
+  return with_weight_bytes(rows, params["decoder"])
 
 
 # ----------------------------------------------------------------------------
@@ -359,7 +382,8 @@ def bench_gpt2(s: Shape, g: Gpt2Shape, reps: int, warmup: int
   }
   pairs = [("ours MSP", "ours prefix", False),
            ("ours prefix", "PEFT prefix", True)]
-  return bench_pairs("gpt2", contenders, pairs, s.batch * new, reps, warmup)
+  rows = bench_pairs("gpt2", contenders, pairs, s.batch * new, reps, warmup)
+  return with_weight_bytes(rows, prefix_vars["params"]["decoder"])
 
 
 # ----------------------------------------------------------------------------
@@ -370,6 +394,9 @@ COLUMNS = [
     ("ref", "vs", "s"), ("ours_s", "ours s", ".3f"), ("ref_s", "vs s", ".3f"),
     ("ours_tok_s", "ours tok/s", ".0f"), ("ref_tok_s", "vs tok/s", ".0f"),
     ("ratio", "ours/vs", ".2f"), ("compile_s", "ours compile s", ".1f"),
+    ("ours_ms_step", "ours ms/step", ".1f"),
+    ("ref_ms_step", "vs ms/step", ".1f"),
+    ("floor_ms_step", "floor ms/step", ".1f"),
     ("token_match", "token match", ".3f"),
 ]
 
@@ -423,6 +450,10 @@ def main(argv=None) -> dict[str, Any]:
   if "gpt2" in args.parts:
     rows += bench_gpt2(shape, gpt2, args.reps, args.warmup)
 
+  bandwidth = common.memory_bandwidth()
+  add_limits(rows, shape.targets, bandwidth["bytes_per_s"])
+  print(f"read bandwidth ({bandwidth['mib']} MiB jnp.sum): "
+        f"{bandwidth['bytes_per_s'] / 1e9:.1f} GB/s")
   name = "small" if args.small else "S"
   print(f"\nconfig {name}: {dataclasses.asdict(shape)}; gpt2 "
         f"{dataclasses.asdict(gpt2)}; {shape.targets} new tokens, batch "
@@ -439,6 +470,9 @@ def main(argv=None) -> dict[str, Any]:
              "new_tokens tokens",
              "tokens_per_s": "batch * new_tokens / median seconds per call "
              "(beam search: the best sequence per example)",
+             "bandwidth": bandwidth,
+             "limit": "floor ms/step = bytes of the decoder's weights "
+             "(stack + logits) / measured read bandwidth",
              "rows": rows, "table": table}
   print(f"wrote {common.write_json(args.out, payload)}")
   return payload
