@@ -27,6 +27,35 @@ def cpu_threads() -> int:
     return os.cpu_count() or 1
 
 
+def torch_threads(requested: Optional[int] = None) -> int:
+  """Gives torch `requested` threads (default: the cores XLA uses)."""
+  import torch  # pylint: disable=g-import-not-at-top
+  threads = requested or cpu_threads()
+  torch.set_num_threads(threads)
+  return threads
+
+
+def note_reps(reps: int) -> None:
+  if reps < MIN_REPS:
+    print(f"note: --reps {reps} < {MIN_REPS}; a quick look, not a "
+          "reportable median.")
+
+
+def choices_arg(parser, flag: str, value: str,
+                choices: Sequence[str]) -> list[str]:
+  """A comma-separated flag value as a list; a parser error names the flag
+  and the choices when it is empty or holds anything else."""
+  picked = [v.strip().lower() for v in value.split(",") if v.strip()]
+  if not picked or set(picked) - set(choices):
+    parser.error(f"--{flag} {value!r}: choose from {tuple(choices)}.")
+  return picked
+
+
+def check_reps(parser, args) -> None:
+  if args.reps < 1 or args.warmup < 0:
+    parser.error("--reps must be >= 1 and --warmup >= 0.")
+
+
 def time_call(fn: Callable[[], Any]) -> float:
   """Seconds one call takes; `fn` must block until its result is ready."""
   start = time.perf_counter()

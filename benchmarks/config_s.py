@@ -78,6 +78,11 @@ def make_batch(s: Shape) -> dict[str, Any]:
 # Ours.
 
 
+# What `our_method` builds: prompt tuning, a decoder-self-attention prefix
+# (what PEFT's T5 prefix reaches), model tuning.
+METHODS = ("prompt", "prefix", "model")
+
+
 def our_method(method: str, s: Shape):
   import prompt_tuning as pt  # pylint: disable=g-import-not-at-top
   if method == "prompt":

@@ -419,13 +419,8 @@ def parse_args(argv=None):
                       help="torch threads (default: the cores XLA uses)")
   parser.add_argument("--out", default=DEFAULT_OUT, help="JSON output path")
   args = parser.parse_args(argv)
-  parts = [p.strip().lower() for p in args.parts.split(",") if p.strip()]
-  unknown = set(parts) - set(PARTS)
-  if unknown or not parts:
-    parser.error(f"--parts {args.parts!r}: choose from {PARTS}.")
-  args.parts = parts
-  if args.reps < 1 or args.warmup < 0:
-    parser.error("--reps must be >= 1 and --warmup >= 0.")
+  args.parts = common.choices_arg(parser, "parts", args.parts, PARTS)
+  common.check_reps(parser, args)
   return args
 
 
@@ -435,13 +430,9 @@ def main(argv=None) -> dict[str, Any]:
   gpt2 = GPT2_TINY if args.small else GPT2_SMALL
   if args.source is not None:
     gpt2 = dataclasses.replace(gpt2, source=args.source)
-  import torch  # pylint: disable=g-import-not-at-top
-  threads = args.threads or common.cpu_threads()
-  torch.set_num_threads(threads)
+  threads = common.torch_threads(args.threads)
   _quiet_warnings()
-  if args.reps < common.MIN_REPS:
-    print(f"note: --reps {args.reps} < {common.MIN_REPS}; a quick look, not "
-          "a reportable median.")
+  common.note_reps(args.reps)
   print(f"torch threads {threads}")
 
   rows = []

@@ -298,7 +298,7 @@ def child_peft(kind: str, args, s: Shape) -> dict[str, Any]:
   import peft  # pylint: disable=g-import-not-at-top
   import torch  # pylint: disable=g-import-not-at-top
   import train_step  # pylint: disable=g-import-not-at-top
-  torch.set_num_threads(args.threads or common.cpu_threads())
+  common.torch_threads(args.threads)
   base = config_s.build_hf_model(s)  # the weights ours loads, same seed
   inputs = config_s.hf_inputs(config_s.make_batch(s))
   phases.mark("baseline")
@@ -449,13 +449,8 @@ def parse_args(argv=None):
                       help=argparse.SUPPRESS)
   parser.add_argument("--model_dir", default=None, help=argparse.SUPPRESS)
   args = parser.parse_args(argv)
-  kinds = [k.strip() for k in args.kinds.split(",") if k.strip()]
-  unknown = set(kinds) - set(KINDS)
-  if unknown or not kinds:
-    parser.error(f"--kinds {args.kinds!r}: choose from {KINDS}.")
-  args.kinds = kinds
-  if args.reps < 1 or args.warmup < 0:
-    parser.error("--reps must be >= 1 and --warmup >= 0.")
+  args.kinds = common.choices_arg(parser, "kinds", args.kinds, KINDS)
+  common.check_reps(parser, args)
   if args.child and not args.model_dir:
     parser.error("--child needs --model_dir.")
   return args
@@ -470,9 +465,7 @@ def main(argv=None) -> dict[str, Any]:
     print(RESULT_MARKER + json.dumps(row), flush=True)
     return row
 
-  if args.reps < common.MIN_REPS:
-    print(f"note: --reps {args.reps} < {common.MIN_REPS}; a quick look, not "
-          "a reportable median.")
+  common.note_reps(args.reps)
   rows = []
   with tempfile.TemporaryDirectory() as path:
     base = config_s.build_hf_model(shape)

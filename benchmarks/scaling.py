@@ -55,7 +55,7 @@ import config_s  # pylint: disable=g-import-not-at-top,wrong-import-position
 from config_s import Shape  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 DEVICES = (1, 2, 4, 8)
-METHODS = ("prompt", "prefix", "model")
+METHODS = config_s.METHODS
 DEFAULT_OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)),
                            "results", "scaling.json")
 RESULT_MARKER = "SCALING_RESULT "  # prefixes the child's one JSON line
@@ -273,8 +273,7 @@ def parse_args(argv=None):
   if not args.devices or min(args.devices) < 1:
     parser.error("--devices must list counts >= 1.")
   args.meshes = meshes
-  if args.reps < 1 or args.warmup < 0:
-    parser.error("--reps must be >= 1 and --warmup >= 0.")
+  common.check_reps(parser, args)
   if args.child and not (args.model_dir and args.child_meshes):
     parser.error("--child needs --model_dir and --child_meshes.")
   return args
@@ -311,9 +310,7 @@ def main(argv=None) -> dict[str, Any]:
     print(RESULT_MARKER + json.dumps(rows), flush=True)
     return {"rows": rows}
 
-  if args.reps < common.MIN_REPS:
-    print(f"note: --reps {args.reps} < {common.MIN_REPS}; a quick look, not "
-          "a reportable median.")
+  common.note_reps(args.reps)
   todo, notes = plan(args, shape)
   for note in notes:
     print(f"note: {note}")

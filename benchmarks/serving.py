@@ -360,12 +360,8 @@ def parse_args(argv=None):
                       help="torch threads (default: the cores XLA uses)")
   parser.add_argument("--out", default=DEFAULT_OUT, help="JSON output path")
   args = parser.parse_args(argv)
-  ops = [o.strip() for o in args.ops.split(",") if o.strip()]
-  if set(ops) - set(OPS) or not ops:
-    parser.error(f"--ops {args.ops!r}: choose from {OPS}.")
-  args.ops = ops
-  if args.reps < 1 or args.warmup < 0:
-    parser.error("--reps must be >= 1 and --warmup >= 0.")
+  args.ops = common.choices_arg(parser, "ops", args.ops, OPS)
+  common.check_reps(parser, args)
   if args.pause < 0:
     parser.error(f"--pause {args.pause} must be >= 0.")
   if args.tasks < 1:
@@ -382,12 +378,8 @@ def main(argv=None) -> dict[str, Any]:
   if shape.batch < args.tasks:
     raise ValueError(f"batch {shape.batch} < {args.tasks} tasks: every task "
                      "needs an example in the batch.")
-  import torch  # pylint: disable=g-import-not-at-top
-  threads = args.threads or common.cpu_threads()
-  torch.set_num_threads(threads)
-  if args.reps < common.MIN_REPS:
-    print(f"note: --reps {args.reps} < {common.MIN_REPS}; a quick look, not "
-          "a reportable median.")
+  threads = common.torch_threads(args.threads)
+  common.note_reps(args.reps)
   batch = serving_batch(shape, args.tasks)
   base = config_s.build_hf_model(shape)
   rows, summary = [], []

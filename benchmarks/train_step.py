@@ -52,7 +52,7 @@ import common  # pylint: disable=g-import-not-at-top,wrong-import-position
 import config_s  # pylint: disable=g-import-not-at-top,wrong-import-position
 from config_s import Shape  # pylint: disable=g-import-not-at-top,wrong-import-position
 
-METHODS = ("prompt", "prefix", "model")
+METHODS = config_s.METHODS
 DEFAULT_OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)),
                            "results", "train_step.json")
 
@@ -241,25 +241,16 @@ def parse_args(argv=None):
                       help="torch threads (default: the cores XLA uses)")
   parser.add_argument("--out", default=DEFAULT_OUT, help="JSON output path")
   args = parser.parse_args(argv)
-  methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-  unknown = set(methods) - set(METHODS)
-  if unknown or not methods:
-    parser.error(f"--methods {args.methods!r}: choose from {METHODS}.")
-  args.methods = methods
-  if args.reps < 1 or args.warmup < 0:
-    parser.error("--reps must be >= 1 and --warmup >= 0.")
+  args.methods = common.choices_arg(parser, "methods", args.methods, METHODS)
+  common.check_reps(parser, args)
   return args
 
 
 def main(argv=None) -> dict[str, Any]:
   args = parse_args(argv)
   shape = config_s.shape_from_args(args)
-  import torch  # pylint: disable=g-import-not-at-top
-  threads = args.threads or common.cpu_threads()
-  torch.set_num_threads(threads)
-  if args.reps < common.MIN_REPS:
-    print(f"note: --reps {args.reps} < {common.MIN_REPS}; a quick look, not "
-          "a reportable median.")
+  threads = common.torch_threads(args.threads)
+  common.note_reps(args.reps)
 
   peak = common.matmul_peak(args.peak_n)
   print(f"float32 matmul peak ({args.peak_n}^2 jnp.dot, median of "
