@@ -89,24 +89,29 @@ def median(xs: Sequence[float]) -> float:
   return statistics.median(xs)
 
 
-def matmul_peak(n: int = 4096, reps: int = MIN_REPS) -> dict[str, float]:
-  """The machine's float32 matmul rate: a jitted n x n `jnp.dot`.
-
-  FLOPs per product 2 n^3; the median of `reps` timed products after one
-  warm-up is the peak this run compares against.
-  """
+def dot_rate(m: int, k: int, n: int, reps: int = MIN_REPS
+             ) -> dict[str, float]:
+  """One jitted float32 `jnp.dot` [m, k] x [k, n], alone: the median of
+  `reps` timed products after one warm-up, as FLOP/s (2 m k n per product)
+  and as bytes of the [k, n] operand read per second."""
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   ka, kb = jax.random.split(jax.random.PRNGKey(0))
-  a = jax.random.normal(ka, (n, n), jnp.float32)
-  b = jax.random.normal(kb, (n, n), jnp.float32)
+  a = jax.random.normal(ka, (m, k), jnp.float32)
+  b = jax.random.normal(kb, (k, n), jnp.float32)
   dot = jax.jit(jnp.dot)
   dot(a, b).block_until_ready()
-  times = [time_call(lambda: dot(a, b).block_until_ready())
-           for _ in range(reps)]
-  seconds = median(times)
-  return {"n": n, "seconds": seconds, "flops": 2.0 * n ** 3,
-          "flop_per_s": 2.0 * n ** 3 / seconds}
+  seconds = median([time_call(lambda: dot(a, b).block_until_ready())
+                    for _ in range(reps)])
+  flops = 2.0 * m * k * n
+  return {"shape": [m, k, n], "seconds": seconds, "flops": flops,
+          "flop_per_s": flops / seconds, "bytes_per_s": 4.0 * k * n / seconds}
+
+
+def matmul_peak(n: int = 4096, reps: int = MIN_REPS) -> dict[str, float]:
+  """The machine's float32 matmul rate: a jitted n x n `jnp.dot`, the peak
+  this run compares against."""
+  return dict(dot_rate(n, n, n, reps), n=n)
 
 
 def memory_bandwidth(mib: int = 256, reps: int = MIN_REPS

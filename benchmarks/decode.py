@@ -443,8 +443,14 @@ def main(argv=None) -> dict[str, Any]:
 
   bandwidth = common.memory_bandwidth()
   add_limits(rows, shape.targets, bandwidth["bytes_per_s"])
+  # A decoding step's largest dot (the logits), alone: how fast XLA streams
+  # a weight matrix for 8 rows.
+  logits_dot = common.dot_rate(shape.batch, shape.d_model, shape.vocab)
   print(f"read bandwidth ({bandwidth['mib']} MiB jnp.sum): "
-        f"{bandwidth['bytes_per_s'] / 1e9:.1f} GB/s")
+        f"{bandwidth['bytes_per_s'] / 1e9:.1f} GB/s; the logits dot "
+        f"[{shape.batch}x{shape.d_model}]x[{shape.d_model}x{shape.vocab}] "
+        f"alone reads its weights at {logits_dot['bytes_per_s'] / 1e9:.1f} "
+        "GB/s")
   name = "small" if args.small else "S"
   print(f"\nconfig {name}: {dataclasses.asdict(shape)}; gpt2 "
         f"{dataclasses.asdict(gpt2)}; {shape.targets} new tokens, batch "
@@ -461,7 +467,7 @@ def main(argv=None) -> dict[str, Any]:
              "new_tokens tokens",
              "tokens_per_s": "batch * new_tokens / median seconds per call "
              "(beam search: the best sequence per example)",
-             "bandwidth": bandwidth,
+             "bandwidth": bandwidth, "logits_dot": logits_dot,
              "limit": "floor ms/step = bytes of the decoder's weights "
              "(stack + logits) / measured read bandwidth",
              "rows": rows, "table": table}

@@ -256,6 +256,13 @@ def main(argv=None) -> dict[str, Any]:
   print(f"float32 matmul peak ({args.peak_n}^2 jnp.dot, median of "
         f"{common.MIN_REPS}): {peak['flop_per_s'] / 1e9:.1f} GFLOP/s; "
         f"torch threads {threads}")
+  # The step's own projection shapes, each alone: what its dots could reach.
+  tokens = shape.batch * (shape.inputs + shape.length)
+  layer_dots = [common.dot_rate(tokens, shape.d_model, width)
+                for width in (shape.num_heads * shape.d_kv, shape.d_ff)]
+  print("the step's encoder projections alone: " + ", ".join(
+      f"[{m}x{k}]x[{k}x{n}] {r['flop_per_s'] / 1e9:.1f} GFLOP/s"
+      for r in layer_dots for m, k, n in [r["shape"]]))
   batch = config_s.make_batch(shape)
   base = config_s.build_hf_model(shape)
   rows = []
@@ -275,6 +282,7 @@ def main(argv=None) -> dict[str, Any]:
   payload = {"benchmark": "train_step", "config": "small" if args.small
              else "S", "shape": dataclasses.asdict(shape), "reps": args.reps,
              "warmup": args.warmup, "torch_threads": threads, "peak": peak,
+             "layer_dots": layer_dots,
              "flop_counting": "step = 2 x forward (prompt tuning: "
              "activation gradients only), forward + decoder forward (prefix "
              "on decoder self-attention), 3 x forward (model tuning); "
