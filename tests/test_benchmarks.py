@@ -7,7 +7,6 @@ import math
 import os
 import sys
 
-import pytest
 
 BENCHMARKS = os.path.join(os.path.dirname(os.path.dirname(
     os.path.abspath(__file__))), "benchmarks")
