@@ -16,6 +16,7 @@ import time
 from typing import Any, Callable, Mapping, Optional, Sequence
 
 MIN_REPS = 5
+MiB = 2.0 ** 20
 
 
 def cpu_threads() -> int:
@@ -131,9 +132,25 @@ def memory_bandwidth(mib: int = 256, reps: int = MIN_REPS
 
 
 def tree_bytes(tree: Any) -> int:
-  """Bytes of every array leaf of a pytree."""
+  """Bytes of every leaf (jax/numpy arrays or ShapeDtypeStructs)."""
   import jax  # pylint: disable=g-import-not-at-top
-  return int(sum(x.nbytes for x in jax.tree.leaves(tree)))
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  return sum(int(np.prod(x.shape)) * np.dtype(x.dtype).itemsize
+             for x in jax.tree.leaves(tree))
+
+
+def xla_memory(compiled) -> dict[str, Optional[float]]:
+  """`compiled.memory_analysis()` in MiB (per device); Nones if absent."""
+  try:
+    stats = compiled.memory_analysis()
+  except Exception:  # pylint: disable=broad-except
+    stats = None
+  out = {f"xla_{f}_mib": (None if stats is None else
+                          getattr(stats, f"{f}_size_in_bytes") / MiB)
+         for f in ("argument", "output", "alias", "temp")}
+  peak = getattr(stats, "peak_memory_in_bytes", None)
+  out["xla_peak_mib"] = None if not peak else peak / MiB
+  return out
 
 
 def machine_info() -> dict[str, Any]:

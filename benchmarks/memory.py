@@ -80,7 +80,7 @@ KINDS = ("forward", "train", "train_model", "peft_forward", "peft_train")
 DEFAULT_OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)),
                            "results", "memory.json")
 RESULT_MARKER = "MEMORY_RESULT "  # prefixes the child's one JSON line
-MiB = 2.0 ** 20
+MiB = common.MiB
 # Optimizer state may take at most this multiple of the trainable bytes
 # (Adam: two moments; Adafactor: one, factored or not; plus scalars).
 OPT_STATE_MULTIPLE = 3.0
@@ -156,14 +156,6 @@ class Phases:
 # Bytes of trees.
 
 
-def tree_bytes(tree) -> int:
-  """Bytes of every leaf (jax/numpy arrays or ShapeDtypeStructs)."""
-  import jax  # pylint: disable=g-import-not-at-top
-  import numpy as np  # pylint: disable=g-import-not-at-top
-  return sum(int(np.prod(x.shape)) * np.dtype(x.dtype).itemsize
-             for x in jax.tree.leaves(tree))
-
-
 def leaf_shapes(tree) -> dict[str, int]:
   """{"shape": how many leaves have it}, e.g. {"(20, 512)": 1, "()": 3}."""
   import jax  # pylint: disable=g-import-not-at-top
@@ -172,21 +164,6 @@ def leaf_shapes(tree) -> dict[str, int]:
     key = str(tuple(x.shape))
     counts[key] = counts.get(key, 0) + 1
   return counts
-
-
-def xla_memory(compiled) -> dict[str, Optional[float]]:
-  """`compiled.memory_analysis()` in MiB (per device); Nones if absent."""
-  fields = ("argument", "output", "alias", "temp")
-  try:
-    stats = compiled.memory_analysis()
-  except Exception:  # pylint: disable=broad-except
-    stats = None
-  out = {f"xla_{f}_mib": (None if stats is None else
-                          getattr(stats, f"{f}_size_in_bytes") / MiB)
-         for f in fields}
-  peak = getattr(stats, "peak_memory_in_bytes", None)
-  out["xla_peak_mib"] = None if not peak else peak / MiB
-  return out
 
 
 # ----------------------------------------------------------------------------
@@ -217,18 +194,18 @@ def opt_state_rows(model, method: str, s: Shape, state, frozen
       train_state = jax.eval_shape(
           lambda p, o=optimizer: trainer.init_state(model, p, o)[0], every)
       source = "shapes"
-    opt = tree_bytes(train_state.opt_state)
-    train = tree_bytes(train_state.params)
-    independent = tree_bytes(jax.eval_shape(optimizer.init, expected))
-    ok = (opt == independent and train == tree_bytes(expected)
+    opt = common.tree_bytes(train_state.opt_state)
+    train = common.tree_bytes(train_state.params)
+    independent = common.tree_bytes(jax.eval_shape(optimizer.init, expected))
+    ok = (opt == independent and train == common.tree_bytes(expected)
           and opt <= OPT_STATE_MULTIPLE * train)
     rows.append({
         "method": method, "optimizer": name, "source": source,
         "opt_state_bytes": opt, "trainable_bytes": train,
-        "all_params_bytes": tree_bytes(every),
+        "all_params_bytes": common.tree_bytes(every),
         "independent_init_bytes": independent,
-        "all_params_init_bytes": tree_bytes(jax.eval_shape(optimizer.init,
-                                                           every)),
+        "all_params_init_bytes": common.tree_bytes(
+            jax.eval_shape(optimizer.init, every)),
         "opt_over_trainable": opt / train,
         "opt_state_leaf_shapes": (leaf_shapes(train_state.opt_state)
                                   if method == "prompt" else None),
@@ -286,7 +263,7 @@ def child_ours(kind: str, args, s: Shape) -> dict[str, Any]:
   phases.end("run")
   row = {"kind": kind, "side": "ours", "step_s": common.median(times),
          "compile_s": compile_s, "times": times, "loss": box["loss"],
-         **xla_memory(compiled)}
+         **common.xla_memory(compiled)}
   if kind != "forward":
     row["opt_state"] = opt_state_rows(model, method, s, box["state"], frozen)
   return _finish(row, phases)

@@ -47,7 +47,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from typing import Any, Optional
+from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import common  # pylint: disable=g-import-not-at-top,wrong-import-position
@@ -60,7 +60,7 @@ DEFAULT_OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)),
                            "results", "scaling.json")
 RESULT_MARKER = "SCALING_RESULT "  # prefixes the child's one JSON line
 DEVICE_FLAG = "--xla_force_host_platform_device_count"
-MiB = 2.0 ** 20
+MiB = common.MiB
 
 
 def default_meshes(n: int) -> list[tuple[int, int]]:
@@ -89,17 +89,6 @@ def shard_bytes(tree, device) -> int:
   import jax  # pylint: disable=g-import-not-at-top
   return sum(shard.data.nbytes for x in jax.tree.leaves(tree)
              for shard in x.addressable_shards if shard.device == device)
-
-
-def xla_memory(compiled) -> dict[str, Optional[float]]:
-  """`compiled.memory_analysis()` (per device) in MiB; Nones if absent."""
-  try:
-    stats = compiled.memory_analysis()
-  except Exception:  # pylint: disable=broad-except
-    stats = None
-  return {f"xla_{f}_mib": (None if stats is None else
-                           getattr(stats, f"{f}_size_in_bytes") / MiB)
-          for f in ("argument", "output", "alias", "temp")}
 
 
 # ----------------------------------------------------------------------------
@@ -153,7 +142,7 @@ def build_mesh_step(mesh_shape: tuple[int, int], args, s: Shape
       "mesh": mesh_name(mesh_shape), "data": mesh_shape[0],
       "model": mesh_shape[1], "devices": mesh_shape[0] * mesh_shape[1],
       "trace_s": traced - start, "compile_s": compiled_at - traced,
-      **memory, **xla_memory(compiled)}}
+      **memory, **common.xla_memory(compiled)}}
 
 
 def child(args, s: Shape) -> list[dict[str, Any]]:

@@ -18,7 +18,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import optax
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from jax.sharding import Mesh
 
 from prompt_tuning import model_wrappers
 from prompt_tuning import partitioning
@@ -46,30 +46,15 @@ def init_state(model: model_wrappers.BaseModel, params: Params,
   state, and the caller's params must stay usable.
   """
   train, frozen = trainable.split(params, model.trainable_patterns)
-  train = jax.tree.map(jnp.copy, train)
   state = TrainState(jnp.zeros((), jnp.int32), train, optimizer.init(train))
-  return _commit(state, train), frozen
-
-
-def _commit(state: TrainState, train: Params) -> TrainState:
-  """Gives the state the placements the step's outputs will have.
-
-  The step counter and optimizer scalars are born uncommitted (default
-  device) while the params sit on a mesh, and a loaded param's sharding may
-  be spelled differently from XLA's for the same placement (P(None, None)
-  vs P()). Either makes the second step compile the whole program again;
-  passing the state once through a compiled copy fixes both.
-  """
-  leaf = jax.tree.leaves(train)[0]
-  if isinstance(leaf, jax.core.Tracer):  # under jit / eval_shape: no devices
-    return state
-  sharding = leaf.sharding
-  if isinstance(sharding, NamedSharding):
-    sharding = NamedSharding(sharding.mesh, PartitionSpec())
-  state = jax.tree.map(
-      lambda x: x if getattr(x, "committed", True) else jax.device_put(
-          x, sharding), state)
-  return jax.jit(lambda s: jax.tree.map(jnp.copy, s))(state)
+  if isinstance(jax.tree.leaves(train)[0], jax.core.Tracer):
+    return state, frozen  # under jit / eval_shape: nothing is placed yet
+  # A compiled copy gives the state its own buffers, in the placements the
+  # step's outputs will have: the step counter and optimizer scalars are
+  # born uncommitted while the params sit on a mesh, and a loaded param's
+  # sharding may be spelled differently from XLA's for the same placement
+  # (P(None, None) vs P()). Either would make the second step compile again.
+  return jax.jit(lambda s: jax.tree.map(jnp.copy, s))(state), frozen
 
 
 def _split_microbatches(batch: Batch, num_microbatches: int) -> Batch:

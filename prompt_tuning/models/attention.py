@@ -38,6 +38,10 @@ class KeyValue:
   value: jax.Array
   layout: str = flax.struct.field(pytree_node=False, default="blhd")
 
+  @property
+  def length_axis(self) -> int:
+    return 1 if self.layout == "blhd" else 3
+
   def to_layout(self, layout: str) -> "KeyValue":
     if layout == self.layout:
       return self
@@ -150,11 +154,10 @@ class MultiHeadAttention(nn.Module):
     key, value = attended.key, attended.value
     if kv_prefix is not None:
       prefix = kv_prefix.to_layout(attended.layout)
-      length_axis = 1 if attended.layout == "blhd" else 3
       key = jnp.concatenate([prefix.key.astype(key.dtype), key],
-                            axis=length_axis)
+                            axis=attended.length_axis)
       value = jnp.concatenate([prefix.value.astype(value.dtype), value],
-                              axis=length_axis)
+                              axis=attended.length_axis)
 
     dropout_rng = None
     if not deterministic and self.dropout_rate > 0.0:
