@@ -220,7 +220,7 @@ def _token_stats(model: model_wrappers.BaseModel, params: Params,
   loss, z_loss, weight_sum = losses.weighted_cross_entropy(
       logits, targets, weights, label_smoothing=model.label_smoothing,
       z_loss=model.z_loss, loss_normalizing_factor=None)
-  correct = jnp.sum((jnp.argmax(logits, -1) == targets) * weights)
+  correct = jnp.sum(losses.token_accuracy(logits, targets) * weights)
   examples = jnp.sum(jnp.any(weights > 0, axis=-1))
   return {"loss": loss, "z_loss": z_loss, "weight_sum": weight_sum,
           "correct": correct, "examples": examples.astype(jnp.float32)}

@@ -138,7 +138,7 @@ class BaseModel:
         logits, targets, weights, label_smoothing=self.label_smoothing,
         z_loss=self.z_loss,
         loss_normalizing_factor=self.loss_normalizing_factor)
-    correct = (jnp.argmax(logits, -1) == targets).astype(jnp.float32)
+    correct = losses.token_accuracy(logits, targets)
     metrics = {
         "loss": loss, "z_loss": z_loss, "cross_ent_loss": loss - z_loss,
         "weight_sum": weight_sum,
@@ -285,12 +285,18 @@ class EncoderDecoderModel(BaseModel):
         **features)
 
     def make_step(tile):
-      tiled = decoding.tile_beams((encoded, inputs, features), tile)
+      memory, tiled_inputs, tiled_features = decoding.tile_beams(
+          (encoded, inputs, features), tile)
+      if hasattr(self.module, "decoding_past"):
+        # MSP: [decoding prompt ; source states] joined once per call, after
+        # tiling (its layers-first arrays cannot be tiled along axis 0).
+        memory = apply({"params": params}, memory, method="decoding_past")
 
       def step(tokens, cache):
-        logits, state = apply({"params": params, "cache": cache}, tiled[0],
-                              tiled[1], tokens, decode=True,
-                              mutable=["cache"], method="decode", **tiled[2])
+        logits, state = apply({"params": params, "cache": cache}, memory,
+                              tiled_inputs, tokens, decode=True,
+                              mutable=["cache"], method="decode",
+                              **tiled_features)
         return logits[:, -1], state["cache"]
       return step
 

@@ -58,6 +58,34 @@ def test_label_smoothing_and_z_loss_match_written_out_formula(params):
                              rtol=1e-5)
 
 
+@pytest.mark.parametrize("smoothing, z", [(0.0, 0.0), (0.1, 1e-3)])
+def test_written_out_gradient_equals_autodiff_of_the_formula(smoothing, z):
+  """The custom VJP against jax.grad of the plain formula, log Z's too."""
+  rng = np.random.default_rng(1)
+  logits = jax.numpy.asarray(rng.normal(size=(2, 3, 17)) * 3, np.float32)
+  targets = rng.integers(0, 17, size=(2, 3))
+  weights = np.array([[1.0, 1.0, 0.0], [0.5, 1.0, 2.0]], np.float32)
+
+  def ours(logits):
+    loss, z_loss, _ = losses.weighted_cross_entropy(
+        logits, targets, weights, label_smoothing=smoothing, z_loss=z)
+    return loss + 0.3 * z_loss  # reaches log Z's cotangent too
+
+  def reference(logits):
+    soft = jax.numpy.where(
+        np.arange(17) == targets[..., None], 1 - smoothing,
+        smoothing / 16)
+    log_z = jax.nn.logsumexp(logits, -1)
+    entropy = -jax.numpy.sum(soft * jax.numpy.log(soft + 1e-20), -1)
+    token = (-jax.numpy.sum(soft * (logits - log_z[..., None]), -1)
+             - entropy + 1.3 * z * log_z ** 2)
+    return jax.numpy.sum(token * weights)
+
+  np.testing.assert_allclose(ours(logits), reference(logits), rtol=1e-5)
+  np.testing.assert_allclose(jax.grad(ours)(logits), jax.grad(reference)(logits),
+                             rtol=1e-5, atol=1e-6)
+
+
 @pytest.mark.parametrize("normalizer, divisor", [
     (None, 1.0), (4.0, 4.0), ("NUM_REAL_TARGET_TOKENS", WEIGHTS.sum()),
     ("NUM_TOTAL_TARGET_TOKENS", WEIGHTS.size)])
@@ -130,3 +158,19 @@ def test_token_log_likelihood_picks_targets():
   np.testing.assert_allclose(
       losses.token_log_likelihood(logits, np.array([[1, 0]])),
       np.log([[0.8, 0.6]]), rtol=1e-6)
+
+
+def test_token_accuracy_follows_argmax_including_ties():
+  rng = np.random.default_rng(0)
+  logits = rng.normal(size=(3, 5, 11)).astype(np.float32)
+  logits[0, 0] = 0.0  # all tied: argmax is class 0
+  logits[1, 1, [2, 7]] = 9.0  # tied maxima at 2 and 7: argmax is 2
+  targets = rng.integers(0, 11, size=(3, 5))
+  targets[0, 0], targets[1, 1], targets[1, 2] = 4, 7, 3
+  targets[2] = np.argmax(logits[2], -1)  # a row that is all correct
+  expected = (np.argmax(logits, -1) == targets).astype(np.float32)
+  got = np.asarray(losses.token_accuracy(logits, targets))
+  np.testing.assert_array_equal(got, expected)
+  assert got[2].all() and not got[1, 1] and not got[0, 0]
+  targets[1, 1] = 2  # the first of the tied maxima counts
+  assert np.asarray(losses.token_accuracy(logits, targets))[1, 1] == 1.0

@@ -275,12 +275,26 @@ class MspDecoderOnly(transformer.DecoderOnly):
     return self.source_states(encoder_input_tokens,
                               enable_dropout=enable_dropout, **features)[-1]
 
-  def decode(self, encoded: SourceStates, encoder_input_tokens: jax.Array,
+  def decoding_past(self, encoded: SourceStates) -> KvPrefix:
+    """Stage 3's past [decoding prompt ; re-encoded source], joined once.
+
+    Decoding passes it to every step in place of `encoded`, in the "bhdk"
+    layout the steps' dots read: otherwise each step would join prompt and
+    source states again ([layers, batch, P + Ls, heads, head_dim]) and
+    transpose them.
+    """
+    batch = encoded.valid.shape[0]
+    return _past(self.msp(DECODING), encoded, batch).to_layout("bhdk")
+
+  def decode(self, encoded: SourceStates | KvPrefix,
+             encoder_input_tokens: jax.Array,
              decoder_input_tokens: jax.Array, *,
              decoder_positions: Optional[jax.Array] = None,
              enable_dropout: bool = False, decode: bool = False,
              **features) -> jax.Array:
     """Stage 3: logits [batch, q, vocab] for decoder inputs [batch, q].
+
+    `encoded` is the re-encoded source, or its `decoding_past`.
 
     Full (non-decode) inputs follow seqio's encoder-decoder converter, which
     puts 0 in column 0; that column becomes the separator. Decode-mode
@@ -298,7 +312,8 @@ class MspDecoderOnly(transformer.DecoderOnly):
     return self.decoder(
         self.decoder.embed(tokens), positions=decoder_positions,
         decode=decode,
-        self_prefix=_past(self.msp(DECODING), encoded, batch),
+        self_prefix=(encoded if isinstance(encoded, KvPrefix)
+                     else _past(self.msp(DECODING), encoded, batch)),
         deterministic=not enable_dropout)
 
   def __call__(self, encoder_input_tokens: jax.Array,

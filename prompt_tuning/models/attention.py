@@ -64,7 +64,8 @@ def dot_product_attention(query: jax.Array, key: jax.Array, value: jax.Array,
                           dropout_rate: float = 0.0,
                           dropout_rng: Optional[jax.Array] = None,
                           dtype: jnp.dtype = jnp.float32,
-                          kv_layout: str = "blhd") -> jax.Array:
+                          kv_layout: str = "blhd",
+                          prefix: Optional[KeyValue] = None) -> jax.Array:
   """softmax(q k^T * scale + bias, masked) v, with logits in float32.
 
   Args:
@@ -73,12 +74,20 @@ def dot_product_attention(query: jax.Array, key: jax.Array, value: jax.Array,
       [batch, heads, head_dim, kv_len].
     mask: bool [batch, 1 or heads, q_len, kv_len]; False hides a key.
     bias: [batch or 1, heads, q_len, kv_len], added to the logits.
+    prefix: keys/values attended before `key`/`value`, in its own layout;
+      then mask and bias cover [prefix_len + kv_len]. The two blocks share
+      one softmax but are never joined, so a decoding step copies neither
+      its cache nor a long prefix (MSP's prompt and source states).
   Returns:
     [batch, q_len, heads, head_dim].
   """
-  logits_spec, output_spec = _EINSUMS[kv_layout]
-  logits = jnp.einsum(logits_spec, query, key,
-                      preferred_element_type=jnp.float32) * scale
+  blocks = [KeyValue(key, value, kv_layout)]
+  if prefix is not None:
+    blocks.insert(0, prefix)
+  logits = jnp.concatenate(
+      [jnp.einsum(_EINSUMS[b.layout][0], query, b.key.astype(query.dtype),
+                  preferred_element_type=jnp.float32) for b in blocks],
+      axis=-1) * scale
   if bias is not None:
     logits = logits + bias.astype(jnp.float32)
   if mask is not None:
@@ -87,7 +96,15 @@ def dot_product_attention(query: jax.Array, key: jax.Array, value: jax.Array,
   if dropout_rate > 0.0 and dropout_rng is not None:
     keep = jax.random.bernoulli(dropout_rng, 1.0 - dropout_rate, weights.shape)
     weights = jnp.where(keep, weights / (1.0 - dropout_rate), 0.0)
-  return jnp.einsum(output_spec, weights.astype(dtype), value)
+  weights = weights.astype(dtype)
+  out, start = 0, 0
+  for b in blocks:
+    length = b.key.shape[b.length_axis]
+    out = out + jnp.einsum(_EINSUMS[b.layout][1],
+                           weights[..., start:start + length],
+                           b.value.astype(dtype))
+    start += length
+  return out
 
 
 class MultiHeadAttention(nn.Module):
@@ -124,8 +141,9 @@ class MultiHeadAttention(nn.Module):
         or a KeyValue projected earlier, used as is.
       mask, bias: over [prefix_len + keys], see `dot_product_attention`. With
         a cache the keys are all cache slots: [prefix_len + cache_len].
-      kv_prefix: external keys/values [batch, prefix_len, heads, head_dim]
-        placed before the keys (prefix tuning, MSP stage prompts).
+      kv_prefix: external keys/values placed before the keys (prefix tuning,
+        MSP stage prompts), [batch, prefix_len, heads, head_dim] or in the
+        "bhdk" layout; attended in place, never joined to the keys.
       cache_slots: int [batch, q_len]; when given (cached decoding), this
         call's keys/values are written into the 'cache' collection at these
         slots and the queries attend over the whole cache.
@@ -151,22 +169,15 @@ class MultiHeadAttention(nn.Module):
     attended = new_kv
     if cache_slots is not None:
       attended = self._update_cache(new_kv.key, new_kv.value, cache_slots)
-    key, value = attended.key, attended.value
-    if kv_prefix is not None:
-      prefix = kv_prefix.to_layout(attended.layout)
-      key = jnp.concatenate([prefix.key.astype(key.dtype), key],
-                            axis=attended.length_axis)
-      value = jnp.concatenate([prefix.value.astype(value.dtype), value],
-                              axis=attended.length_axis)
 
     dropout_rng = None
     if not deterministic and self.dropout_rate > 0.0:
       dropout_rng = self.make_rng("dropout")
     scale = 1.0 / np.sqrt(self.head_dim) if self.scale_logits else 1.0
     out = dot_product_attention(
-        query, key, value, mask=mask, bias=bias, scale=scale,
-        dropout_rate=self.dropout_rate, dropout_rng=dropout_rng,
-        dtype=self.dtype, kv_layout=attended.layout)
+        query, attended.key, attended.value, mask=mask, bias=bias,
+        scale=scale, dropout_rate=self.dropout_rate, dropout_rng=dropout_rng,
+        dtype=self.dtype, kv_layout=attended.layout, prefix=kv_prefix)
     out = out.reshape(out.shape[:2] + (joined,))
     out = layers.Dense(inputs_q.shape[-1], ("joined_kv", "embed"),
                        self.use_bias, self.dtype, name="out")(out)

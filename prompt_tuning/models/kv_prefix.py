@@ -23,7 +23,9 @@ class KvPrefix:
   """Keys/values for one attention kind across a stack.
 
   Attributes:
-    key, value: [layers, batch or 1, P, heads, head_dim].
+    key, value: [layers, batch or 1, P, heads, head_dim], or in the "bhdk"
+      layout [layers, batch or 1, heads, head_dim, P] (what a decoding step
+      reads without transposing; see `to_layout`).
     valid: bool [batch, P]; None: every prefix slot is visible to every query.
     positions: int [batch or 1, P]; None: the prefix takes no positions, so
       relative-position models add no bias for it (MSP's convention). With
@@ -35,16 +37,26 @@ class KvPrefix:
   value: jax.Array
   valid: Optional[jax.Array] = None
   positions: Optional[jax.Array] = None
+  layout: str = flax.struct.field(pytree_node=False, default="blhd")
 
   @property
   def length(self) -> int:
-    return self.key.shape[2]
+    return self.key.shape[2 if self.layout == "blhd" else 4]
 
   def layer(self, index: int, batch: int) -> KeyValue:
-    """Layer `index`'s [batch, P, heads, head_dim] keys and values."""
+    """Layer `index`'s keys and values, [batch, P, heads, head_dim] (or
+    [batch, heads, head_dim, P] in the "bhdk" layout)."""
     shape = (batch,) + self.key.shape[2:]
     return KeyValue(jnp.broadcast_to(self.key[index], shape),
-                    jnp.broadcast_to(self.value[index], shape))
+                    jnp.broadcast_to(self.value[index], shape), self.layout)
+
+  def to_layout(self, layout: str) -> "KvPrefix":
+    """The same prefix with every layer's keys/values in `layout`."""
+    if layout == self.layout:
+      return self
+    order = (0, 1, 3, 4, 2) if layout == "bhdk" else (0, 1, 4, 2, 3)
+    return self.replace(key=jnp.transpose(self.key, order),
+                        value=jnp.transpose(self.value, order), layout=layout)
 
   def extend_mask(self, mask: jax.Array) -> jax.Array:
     """[batch, 1, q, k] -> [batch, 1, q, P + k]; prefix seen by every query."""
