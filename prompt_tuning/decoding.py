@@ -59,7 +59,9 @@ def temperature_sample(step_fn: StepFn, first_logits: jax.Array, cache: Any,
   def pick(logits, key):
     log_probs = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
     if temperature == 0.0:
-      token = jnp.argmax(logits, axis=-1)
+      # argmax's choice (the lowest index among ties); XLA:CPU's TopK runs
+      # ~2.5x faster than its variadic argmax reduce over a 32k vocabulary.
+      token = jax.lax.top_k(logits, 1)[1][:, 0]
     else:
       filtered = _filter_logits(logits.astype(jnp.float32) / temperature,
                                 topk, topp)
