@@ -107,7 +107,8 @@ def step_flops(s: Shape, method: str) -> float:
 
 
 def build_ours(path: str, method: str, s: Shape, batch) -> dict[str, Any]:
-  """Loads ours, compiles the step; returns {"run", "compile_s", ...}."""
+  """Loads ours, compiles the step; returns {"run", "compile_s", "compiled",
+  ...}."""
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   import prompt_tuning as pt  # pylint: disable=g-import-not-at-top
@@ -137,7 +138,7 @@ def build_ours(path: str, method: str, s: Shape, batch) -> dict[str, Any]:
 
   return {"run": run, "trace_s": traced - start,
           "compile_s": compiled_at - traced, "xla_flops": xla_flops,
-          "box": box,
+          "box": box, "compiled": compiled,
           "trainable": sum(x.size for x in jax.tree.leaves(state.params))}
 
 

@@ -65,3 +65,15 @@ def test_scaling_meshes_compute_the_same_step(tmp_path):
   payload = _run("scaling", tmp_path, "--devices", "1,2")
   assert {r["mesh"] for r in payload["rows"]} >= {"1x1", "2x1", "1x2"}
   assert payload["max_rel_deviation"] < 1e-5
+
+
+def test_profile_maps_the_traced_ops_to_the_compiled_dots(tmp_path):
+  out = str(tmp_path / "profile_step.json")
+  payload = _script("profile_step").main(
+      ["--small", "--steps", "1", "--warmup", "1", "--out", out])
+  assert os.path.exists(out)
+  # Every dot the trace ran was found in the compiled HLO with its FLOPs:
+  # together they are the step's model FLOPs (counted from shapes).
+  assert 0.8 < payload["dot_gflop"] / payload["model_gflop"] < 1.25
+  assert payload["thread_ms"]["library dot"] > 0
+  assert payload["step_s"] > 0 and payload["top"]
