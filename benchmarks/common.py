@@ -16,6 +16,7 @@ import time
 from typing import Any, Callable, Mapping, Optional, Sequence
 
 MIN_REPS = 5
+DEVICE_FLAG = "--xla_force_host_platform_device_count"
 MiB = 2.0 ** 20
 
 
@@ -55,6 +56,12 @@ def choices_arg(parser, flag: str, value: str,
 def check_reps(parser, args) -> None:
   if args.reps < 1 or args.warmup < 0:
     parser.error("--reps must be >= 1 and --warmup >= 0.")
+
+
+def with_device_count(xla_flags: str, count: int) -> str:
+  """XLA_FLAGS text with JAX's CPU platform set to `count` devices."""
+  kept = [f for f in xla_flags.split() if not f.startswith(DEVICE_FLAG)]
+  return " ".join(kept + [f"{DEVICE_FLAG}={count}"])
 
 
 def time_call(fn: Callable[[], Any]) -> float:

@@ -59,7 +59,6 @@ METHODS = config_s.METHODS
 DEFAULT_OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)),
                            "results", "scaling.json")
 RESULT_MARKER = "SCALING_RESULT "  # prefixes the child's one JSON line
-DEVICE_FLAG = "--xla_force_host_platform_device_count"
 MiB = common.MiB
 
 
@@ -181,9 +180,7 @@ def run_child(n: int, meshes: list[tuple[int, int]], args, s: Shape,
   for field in dataclasses.fields(Shape):
     cmd += [f"--{field.name}", str(getattr(s, field.name))]
   env = dict(os.environ)
-  flags = [f for f in env.get("XLA_FLAGS", "").split()
-           if not f.startswith(DEVICE_FLAG)]
-  env["XLA_FLAGS"] = " ".join(flags + [f"{DEVICE_FLAG}={n}"])
+  env["XLA_FLAGS"] = common.with_device_count(env.get("XLA_FLAGS", ""), n)
   done = subprocess.run(cmd, capture_output=True, text=True, env=env,
                         timeout=args.child_timeout, check=False)
   for line in done.stdout.splitlines():

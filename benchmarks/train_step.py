@@ -31,9 +31,16 @@ FLOPs ("model FLOPs", counted from shapes, not from what either side runs):
 The optimizer update and element-wise work are not counted. XLA's own count
 of ours (`cost_analysis`) is reported alongside.
 
-  python benchmarks/train_step.py                 # config S, ~2 minutes on 2 cores
+  python benchmarks/train_step.py                 # config S, ~2.5 minutes on 2 cores
+  python benchmarks/train_step.py --data_devices 2  # ours on one CPU device per core
   python benchmarks/train_step.py --small         # a seconds-long check
-  python benchmarks/train_step.py --methods prompt --reps 9
+  python benchmarks/train_step.py --methods prompt --reps 11
+
+On a CPU host, XLA's runtime keeps the cores busier when the step runs as
+one program per core (`--data_devices` = cores: each device takes its share
+of the batch, as the `train` binary's data-parallel mesh does) than as one
+program whose ops share the cores' thread pool; `--data_devices` measures
+that. It replicates the frozen weights per device (RAM is shared on CPU).
 """
 
 from __future__ import annotations
@@ -106,20 +113,32 @@ def step_flops(s: Shape, method: str) -> float:
   return 2 * forward
 
 
-def build_ours(path: str, method: str, s: Shape, batch) -> dict[str, Any]:
+def build_ours(path: str, method: str, s: Shape, batch,
+               data_devices: int = 1) -> dict[str, Any]:
   """Loads ours, compiles the step; returns {"run", "compile_s", "compiled",
-  ...}."""
+  ...}. With data_devices > 1 the step runs data-parallel on that many CPU
+  devices, as the `train` binary partitions it (mesh data x 1)."""
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   import prompt_tuning as pt  # pylint: disable=g-import-not-at-top
+  from prompt_tuning import data  # pylint: disable=g-import-not-at-top
   from prompt_tuning import optimizers  # pylint: disable=g-import-not-at-top
+  from prompt_tuning import partitioning  # pylint: disable=g-import-not-at-top
   from prompt_tuning import trainer  # pylint: disable=g-import-not-at-top
-  model, variables = pt.load_pretrained(path, method=config_s.our_method(method, s))
+  mesh = None
+  if data_devices > 1:
+    mesh = partitioning.make_mesh(data=data_devices, model=1,
+                                  num_devices=data_devices)
+  model, variables = pt.load_pretrained(
+      path, method=config_s.our_method(method, s), mesh=mesh)
   optimizer = optimizers.adafactor()
   state, frozen = trainer.init_state(model, variables["params"], optimizer)
   del variables
-  batch = {k: jnp.asarray(v) for k, v in batch.items()}
-  step = trainer.make_train_step(model, optimizer, 1)
+  if mesh is None:
+    batch = {k: jnp.asarray(v) for k, v in batch.items()}
+  else:
+    batch = data.to_global(batch, mesh)
+  step = trainer.make_train_step(model, optimizer, 1, mesh=mesh)
   start = time.perf_counter()
   lowered = step.lower(state, frozen, batch, None)
   traced = time.perf_counter()
@@ -188,8 +207,9 @@ def build_peft(base, method: str, s: Shape, batch) -> dict[str, Any]:
 
 
 def bench_method(method: str, s: Shape, path: str, base, batch,
-                 reps: int, warmup: int, peak: float) -> dict[str, Any]:
-  ours = build_ours(path, method, s, batch)
+                 reps: int, warmup: int, peak: float,
+                 data_devices: int = 1) -> dict[str, Any]:
+  ours = build_ours(path, method, s, batch, data_devices)
   theirs = build_peft(base, method, s, batch)
   times = common.time_alternating({"ours": ours["run"],
                                    "peft": theirs["run"]}, reps, warmup)
@@ -228,7 +248,7 @@ def parse_args(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--methods", default=",".join(METHODS),
                       help=f"comma-separated subset of {METHODS}")
-  parser.add_argument("--reps", type=int, default=7,
+  parser.add_argument("--reps", type=int, default=9,
                       help="timed repetitions per side (>= 5 for reported "
                       "numbers)")
   # Ours' first ~4 executions after compiling run up to 1.7x slower
@@ -240,6 +260,10 @@ def parse_args(argv=None):
                       help="matmul size for the float32 peak")
   parser.add_argument("--threads", type=int, default=None,
                       help="torch threads (default: the cores XLA uses)")
+  parser.add_argument("--data_devices", type=int, default=1,
+                      help="run ours data-parallel on this many CPU devices "
+                      "(XLA_FLAGS' host device count, set by this script "
+                      "before JAX starts; e.g. one per core)")
   parser.add_argument("--out", default=DEFAULT_OUT, help="JSON output path")
   args = parser.parse_args(argv)
   args.methods = common.choices_arg(parser, "methods", args.methods, METHODS)
@@ -247,9 +271,30 @@ def parse_args(argv=None):
   return args
 
 
+def use_cpu_devices(count: int) -> None:
+  """Makes JAX's CPU platform expose `count` devices (before JAX starts)."""
+  if count <= 1:
+    return
+  if "jax" in sys.modules:
+    import jax  # pylint: disable=g-import-not-at-top
+    if jax.device_count() < count:
+      raise SystemExit(
+          f"--data_devices={count}, but JAX already started with "
+          f"{jax.device_count()} device(s); run this script in a fresh "
+          f"process, or set XLA_FLAGS={common.DEVICE_FLAG}={count} before "
+          "JAX starts.")
+    return
+  os.environ["XLA_FLAGS"] = common.with_device_count(
+      os.environ.get("XLA_FLAGS", ""), count)
+
+
 def main(argv=None) -> dict[str, Any]:
   args = parse_args(argv)
+  use_cpu_devices(args.data_devices)
   shape = config_s.shape_from_args(args)
+  if shape.batch % args.data_devices:
+    raise SystemExit(f"--batch={shape.batch} does not split over "
+                     f"--data_devices={args.data_devices}; pick a divisor.")
   threads = common.torch_threads(args.threads)
   common.note_reps(args.reps)
 
@@ -272,17 +317,20 @@ def main(argv=None) -> dict[str, Any]:
     for method in args.methods:
       t0 = time.perf_counter()
       rows.append(bench_method(method, shape, path, base, batch, args.reps,
-                               args.warmup, peak["flop_per_s"]))
+                               args.warmup, peak["flop_per_s"],
+                               args.data_devices))
       print(f"  {method}: done in {time.perf_counter() - t0:.0f} s",
             flush=True)
 
   print(f"\nconfig {'small' if args.small else 'S'}: "
         f"{dataclasses.asdict(shape)}; median of {args.reps} alternating "
-        f"reps after {args.warmup} warm-up steps")
+        f"reps after {args.warmup} warm-up steps; ours on "
+        f"{args.data_devices} CPU device(s)")
   table = common.print_table(rows, COLUMNS)
   payload = {"benchmark": "train_step", "config": "small" if args.small
              else "S", "shape": dataclasses.asdict(shape), "reps": args.reps,
              "warmup": args.warmup, "torch_threads": threads, "peak": peak,
+             "data_devices": args.data_devices,
              "layer_dots": layer_dots,
              "flop_counting": "step = 2 x forward (prompt tuning: "
              "activation gradients only), forward + decoder forward (prefix "

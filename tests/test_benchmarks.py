@@ -7,6 +7,8 @@ import math
 import os
 import sys
 
+import numpy as np
+
 
 BENCHMARKS = os.path.join(os.path.dirname(os.path.dirname(
     os.path.abspath(__file__))), "benchmarks")
@@ -77,3 +79,13 @@ def test_profile_maps_the_traced_ops_to_the_compiled_dots(tmp_path):
   assert 0.8 < payload["dot_gflop"] / payload["model_gflop"] < 1.25
   assert payload["thread_ms"]["library dot"] > 0
   assert payload["step_s"] > 0 and payload["top"]
+
+
+def test_train_step_on_two_data_devices_computes_the_same_loss(tmp_path):
+  # conftest gives JAX 8 CPU devices; the script uses 2 of them.
+  one = _run("train_step", tmp_path, "--methods", "prompt")
+  two = _run("train_step", tmp_path, "--methods", "prompt",
+             "--data_devices", "2")
+  assert two["data_devices"] == 2
+  np.testing.assert_allclose(two["rows"][0]["loss_ours"],
+                             one["rows"][0]["loss_ours"], rtol=1e-5)
