@@ -29,6 +29,7 @@ import argparse
 import collections
 import dataclasses
 import glob
+import math
 import os
 import re
 import sys
@@ -60,78 +61,65 @@ class HloOp:
   flops: float  # dots only; 0 otherwise
 
 
-def _computations(hlo: str) -> dict[str, list[str]]:
-  """Computation name -> its instruction lines."""
+_INSTRUCTION = re.compile(
+    r"^(?:ROOT )?%?([\w.\-]+) = (\w+)\[([\d,]*)\][^ ]* (\w+)\((.*)$")
+
+
+def _computations(hlo: str) -> dict[str, list[re.Match]]:
+  """Computation name -> its parsed instructions (name, dtype, dims, opcode,
+  the rest of the line)."""
   comps, current = {}, None
   for line in hlo.splitlines():
     if line and not line.startswith(" ") and line.rstrip().endswith("{"):
       words = line.split()
       current = (words[1] if words[0] == "ENTRY" else words[0]).lstrip("%")
       comps[current] = []
-    elif current is not None and " = " in line:
-      comps[current].append(line.strip())
+    elif current is not None:
+      match = _INSTRUCTION.match(line.strip())
+      if match:
+        comps[current].append(match)
   return comps
-
-
-_INSTRUCTION = re.compile(
-    r"^(?:ROOT )?%?([\w.\-]+) = (\w+)\[([\d,]*)\][^ ]* (\w+)\((.*)$")
 
 
 def _dims(text: str) -> list[int]:
   return [int(d) for d in text.split(",") if d]
 
 
-def _dot_flops(line: str, shapes: Mapping[str, list[int]]) -> float:
+def _dot_flops(dot: re.Match, shapes: Mapping[str, list[int]]) -> float:
   """2 x output elements x contracted size of one dot instruction."""
-  match = _INSTRUCTION.match(line)
-  out = _dims(match.group(3))
-  lhs_name = re.match(r"%?([\w.\-]+)", match.group(5)).group(1)
-  contracting = re.search(r"lhs_contracting_dims=\{([\d,]*)\}", line)
-  lhs = shapes.get(lhs_name, [])
+  lhs = shapes.get(re.match(r"%?([\w.\-]+)", dot.group(5)).group(1), [])
+  contracting = re.search(r"lhs_contracting_dims=\{([\d,]*)\}", dot.group(5))
   size = 1
   for d in _dims(contracting.group(1) if contracting else ""):
     size *= lhs[d] if d < len(lhs) else 1
-  elements = 1
-  for d in out:
-    elements *= d
-  return 2.0 * elements * size
+  return 2.0 * math.prod(_dims(dot.group(3))) * size
 
 
 def hlo_ops(hlo: str) -> dict[str, HloOp]:
-  """Every named instruction of the compiled module, classified."""
+  """Every named instruction of the compiled module, classified; a fusion's
+  FLOPs are those of the dots in the computation it calls."""
   comps = _computations(hlo)
-  flops_of = {}
-  for name, lines in comps.items():
-    shapes = {}
-    for line in lines:
-      match = _INSTRUCTION.match(line)
-      if match:
-        shapes[match.group(1)] = _dims(match.group(3))
-    flops_of[name] = sum(_dot_flops(line, shapes) for line in lines
-                         if _INSTRUCTION.match(line)
-                         and _INSTRUCTION.match(line).group(4) == "dot")
+  shapes = {name: {m.group(1): _dims(m.group(3)) for m in insts}
+            for name, insts in comps.items()}
+  flops = {name: {m.group(1): _dot_flops(m, shapes[name])
+                  for m in insts if m.group(4) == "dot"}
+           for name, insts in comps.items()}
   ops = {}
-  for lines in comps.values():
-    shapes = {}
-    for line in lines:
-      match = _INSTRUCTION.match(line)
-      if not match:
-        continue
-      name, dtype, dims, opcode = match.group(1, 2, 3, 4)
-      shapes[name] = _dims(dims)
-      called = re.search(r"calls=%?([\w.\-]+)", line)
-      flops = flops_of.get(called.group(1), 0.0) if called else 0.0
-      if opcode == "dot":
-        flops = _dot_flops(line, shapes)
-      if flops and name.startswith(_LIBRARY_FUSIONS):
+  for comp, insts in comps.items():
+    for m in insts:
+      name, dtype, dims, opcode, rest = m.groups()
+      called = re.search(r"calls=%?([\w.\-]+)", rest)
+      op_flops = (sum(flops.get(called.group(1), {}).values()) if called
+                  else flops[comp].get(name, 0.0))
+      if op_flops and name.startswith(_LIBRARY_FUSIONS):
         kind = "library dot"
-      elif flops:
+      elif op_flops:
         kind = "XLA dot"
       elif "transpose" in name or opcode in ("copy", "transpose"):
         kind = "transpose"
       else:
         kind = "other"
-      ops[name] = HloOp(kind, f"{dtype}[{dims}]", flops)
+      ops[name] = HloOp(kind, f"{dtype}[{dims}]", op_flops)
   return ops
 
 

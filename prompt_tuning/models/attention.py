@@ -43,9 +43,14 @@ class KeyValue:
     return 1 if self.layout == "blhd" else 3
 
   def to_layout(self, layout: str) -> "KeyValue":
+    """The same keys/values in `layout`; leading axes (e.g. a stack's
+    layers) stay in front."""
     if layout == self.layout:
       return self
-    order = (0, 2, 3, 1) if layout == "bhdk" else (0, 3, 1, 2)
+    lead = self.key.ndim - 4
+    # blhd -> bhdk takes axes (b, h, d, l); bhdk -> blhd takes (b, l, h, d).
+    last = (0, 2, 3, 1) if layout == "bhdk" else (0, 3, 1, 2)
+    order = tuple(range(lead)) + tuple(lead + a for a in last)
     return KeyValue(jnp.transpose(self.key, order),
                     jnp.transpose(self.value, order), layout)
 

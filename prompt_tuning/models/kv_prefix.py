@@ -52,11 +52,8 @@ class KvPrefix:
 
   def to_layout(self, layout: str) -> "KvPrefix":
     """The same prefix with every layer's keys/values in `layout`."""
-    if layout == self.layout:
-      return self
-    order = (0, 1, 3, 4, 2) if layout == "bhdk" else (0, 1, 4, 2, 3)
-    return self.replace(key=jnp.transpose(self.key, order),
-                        value=jnp.transpose(self.value, order), layout=layout)
+    kv = KeyValue(self.key, self.value, self.layout).to_layout(layout)
+    return self.replace(key=kv.key, value=kv.value, layout=layout)
 
   def extend_mask(self, mask: jax.Array) -> jax.Array:
     """[batch, 1, q, k] -> [batch, 1, q, P + k]; prefix seen by every query."""
