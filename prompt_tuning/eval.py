@@ -13,6 +13,13 @@ Writes under EVAL_OUTPUT_DIR (seqio's loggers, T5X's layout):
 
 from __future__ import annotations
 
+if __name__ == "__main__":
+  # `python -m prompt_tuning.eval`: the same entry point as the console
+  # script, before anything heavy is imported (see `cli`).
+  from prompt_tuning import cli
+  cli.eval()
+  raise SystemExit(0)
+
 import os
 import re
 from typing import Any, Optional, Sequence
@@ -26,13 +33,6 @@ from prompt_tuning import gin_utils
 from prompt_tuning import runtime
 from prompt_tuning import summaries
 from prompt_tuning import trainable
-
-if __name__ == "__main__":
-  # `python -m prompt_tuning.eval`: run the copy of this module that gin
-  # files import, so `evaluate` is registered once, under its package name.
-  from prompt_tuning import eval as _registered  # pylint: disable=import-self
-  _registered.console_main()
-  raise SystemExit(0)
 
 
 def step_of(label: str) -> int:

@@ -34,6 +34,7 @@ from absl import flags
 import gin
 import jax
 
+from prompt_tuning import console
 from prompt_tuning import files
 from prompt_tuning import gin_paths
 
@@ -98,6 +99,7 @@ class Flags:
   process_index: Optional[int] = None
   multiprocess_gpu: bool = False  # T5X: jax.distributed even without address.
   log_to_stderr: bool = False  # --logtostderr / --alsologtostderr.
+  verbosity: Optional[int] = None  # --verbosity / -v: raw library logs.
   help: bool = False
 
 
@@ -152,10 +154,18 @@ def _define_flags() -> flags.FlagValues:
       " the cluster's environment (e.g. SLURM).",
       flag_values=fv)
   flags.DEFINE_boolean(
-      "logtostderr", False, "Log INFO and above to stderr.", flag_values=fv)
-  flags.DEFINE_boolean(
-      "alsologtostderr", False, "Log INFO and above to stderr.",
+      "logtostderr", False, "Raw logs, INFO and above, to stderr.",
       flag_values=fv)
+  flags.DEFINE_boolean(
+      "alsologtostderr", False, "Raw logs, INFO and above, to stderr.",
+      flag_values=fv)
+  flags.DEFINE_integer(
+      "verbosity", None,
+      "Show every library's raw log (TensorFlow, seqio, absl, orbax) at"
+      " absl's level: 1 debug, 0 info, -1 warning, -2 error. Without it the"
+      " binaries print their own screens and one line per warning that needs"
+      " action. PROMPT_TUNING_RAW_LOGS=1 does the same as --verbosity=0.",
+      short_name="v", flag_values=fv)
   flags.DEFINE_boolean(
       "help", False, "Show this help and exit.", short_name="h",
       flag_values=fv)
@@ -216,6 +226,7 @@ def parse_flags(argv: Sequence[str], prog: str = "prompt_tuning") -> Flags:
       process_index=fv.process_index,
       multiprocess_gpu=fv.multiprocess_gpu,
       log_to_stderr=fv.logtostderr or fv.alsologtostderr,
+      verbosity=fv.verbosity,
       help=fv.help,
   )
   _check_process_flags(parsed)
@@ -438,15 +449,19 @@ def run(main_fn: Callable[[], Any],
     if parsed.help:
       sys.stdout.write(help_text(main_fn, prog))
       raise SystemExit(0)
-    if parsed.log_to_stderr:
-      _log_to_stderr()
-    initialize_distributed(parsed.coordinator_address, parsed.process_count,
-                           parsed.process_index, parsed.multiprocess_gpu)
-    set_tfds_data_dir(parsed.tfds_data_dir)
-    parse_gin(parsed.gin_files, parsed.gin_bindings, parsed.gin_search_paths)
-    check_required_arguments(main_fn)
-    logger.info("Gin config:\n%s", gin.config_str())
-    return main_fn()
+    verbosity = parsed.verbosity
+    if parsed.log_to_stderr and verbosity is None:
+      verbosity = 0
+    with console.log_policy(verbosity):
+      initialize_distributed(parsed.coordinator_address,
+                             parsed.process_count, parsed.process_index,
+                             parsed.multiprocess_gpu)
+      set_tfds_data_dir(parsed.tfds_data_dir)
+      parse_gin(parsed.gin_files, parsed.gin_bindings,
+                parsed.gin_search_paths)
+      check_required_arguments(main_fn)
+      logger.info("Gin config:\n%s", gin.config_str())
+      return main_fn()
   except UsageError as e:
     message = getattr(e, "message", None) or str(e)
     sys.stderr.write(f"{prog}: error: {_one_line(message)}\n")
@@ -490,14 +505,6 @@ def write_operative_config(model_dir: str) -> Optional[str]:
 def _write_on_process_0(model_dir: str, text: str) -> Optional[str]:
   return files.write_text_on_process_0(
       os.path.join(model_dir, CONFIG_FILENAME), text)
-
-
-def _log_to_stderr() -> None:
-  """T5X's --alsologtostderr: INFO and above from every logger to stderr."""
-  root = logging.getLogger()
-  if not root.handlers:
-    root.addHandler(logging.StreamHandler(sys.stderr))
-  root.setLevel(logging.INFO)
 
 
 def _check_macros_are_set() -> None:

@@ -15,6 +15,13 @@ and score are lists, best first. Files appear only when every task decoded.
 
 from __future__ import annotations
 
+if __name__ == "__main__":
+  # `python -m prompt_tuning.infer`: the same entry point as the console
+  # script, before anything heavy is imported (see `cli`).
+  from prompt_tuning import cli
+  cli.infer()
+  raise SystemExit(0)
+
 import logging
 import os
 from typing import Any, Mapping, Optional, Sequence
@@ -31,13 +38,6 @@ from prompt_tuning import model_wrappers
 from prompt_tuning import runtime
 from prompt_tuning import summaries
 from prompt_tuning import trainable
-
-if __name__ == "__main__":
-  # `python -m prompt_tuning.infer`: run the copy of this module that gin
-  # files import, so `infer` is registered once, under its package name.
-  from prompt_tuning import infer as _registered  # pylint: disable=import-self
-  _registered.console_main()
-  raise SystemExit(0)
 
 Record = dict[str, Any]
 

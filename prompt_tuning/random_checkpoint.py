@@ -11,6 +11,13 @@ command can be re-run.
 
 from __future__ import annotations
 
+if __name__ == "__main__":
+  # `python -m prompt_tuning.random_checkpoint`: the same entry point as the console
+  # script, before anything heavy is imported (see `cli`).
+  from prompt_tuning import cli
+  cli.random_checkpoint()
+  raise SystemExit(0)
+
 import os
 import tempfile
 from typing import Any
@@ -23,12 +30,6 @@ from prompt_tuning import gin_utils
 from prompt_tuning import model_wrappers
 from prompt_tuning.checkpoints import loader
 from prompt_tuning.checkpoints import t5x
-
-if __name__ == "__main__":
-  # Run the copy gin files import, so the configurable is registered once.
-  from prompt_tuning import random_checkpoint as _registered  # pylint: disable=import-self
-  _registered.console_main()
-  raise SystemExit(0)
 
 
 def random_params(config: Any, seed: int = 0) -> Any:

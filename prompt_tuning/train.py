@@ -18,6 +18,13 @@ restarted with the same command ends where an uninterrupted one would.
 
 from __future__ import annotations
 
+if __name__ == "__main__":
+  # `python -m prompt_tuning.train`: the same entry point as the console
+  # script, before anything heavy is imported (see `cli`).
+  from prompt_tuning import cli
+  cli.train()
+  raise SystemExit(0)
+
 import dataclasses
 import json
 import os
@@ -38,14 +45,6 @@ from prompt_tuning import runtime
 from prompt_tuning import summaries
 from prompt_tuning import trainable
 from prompt_tuning import trainer
-
-if __name__ == "__main__":
-  # `python -m prompt_tuning.train`: run the copy of this module that gin
-  # files import (`import prompt_tuning.train`), so `train` is registered
-  # once, under its package name, and `train.*` bindings are unambiguous.
-  from prompt_tuning import train as _registered  # pylint: disable=import-self
-  _registered.console_main()
-  raise SystemExit(0)
 
 MODEL_INFO_FILE = "model_info.json"
 

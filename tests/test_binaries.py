@@ -57,9 +57,10 @@ def base(tmp_path_factory) -> str:
 def binary(name: str, *flags: str, devices: int = 1, check: bool = True,
            timeout: int = 300) -> subprocess.CompletedProcess:
   env = dict(os.environ, PYTHONPATH=str(TESTS), JAX_PLATFORMS="cpu",
-             XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
-             TF_CPP_MIN_LOG_LEVEL="3")
-  env.pop("PROMPT_TUNING_TRACEBACK", None)
+             XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+  for name_ in ("PROMPT_TUNING_TRACEBACK", "PROMPT_TUNING_RAW_LOGS",
+                "TF_CPP_MIN_LOG_LEVEL"):
+    env.pop(name_, None)
   result = subprocess.run(
       [sys.executable, "-m", f"prompt_tuning.{name}", *flags], env=env,
       capture_output=True, text=True, timeout=timeout, check=False)
@@ -112,21 +113,46 @@ def infer_flags(base: str, checkpoint, output_dir, *extra: str):
 
 
 @pytest.fixture(scope="module")
-def trained(base, tmp_path_factory) -> pathlib.Path:
+def train_run(base, tmp_path_factory
+              ) -> tuple[pathlib.Path, subprocess.CompletedProcess]:
   model_dir = tmp_path_factory.mktemp("cli") / "run"
-  result = binary("train", *train_flags(base, model_dir))
+  return model_dir, binary("train", *train_flags(base, model_dir))
+
+
+@pytest.fixture(scope="module")
+def trained(train_run) -> pathlib.Path:
+  model_dir, result = train_run
   assert "== train" in result.stdout and "== done: step 4" in result.stdout
   return model_dir
 
 
-# TensorFlow's C++ start-up chatter (absl logging before InitializeLog) is
-# printed on import whatever the env says; it is not our output.
-_NATIVE_LOG = re.compile(r"^([IWEF]\d{4} |WARNING: All log messages before)")
+# What a binary must not print: C++ log lines (absl/glog format, absl's
+# pre-InitializeLog notice), Python library log records, TF/CUDA chatter.
+_NOT_OURS = re.compile(
+    r"^([IWEF]\d{4} |WARNING: All log messages before|WARNING:absl|"
+    r"WARNING:tensorflow)|cuda|oneDNN|FunctionDataset|tensorflow",
+    re.IGNORECASE)
 
 
 def our_stderr(result: subprocess.CompletedProcess) -> list[str]:
-  return [line for line in result.stderr.strip().splitlines()
-          if line and not _NATIVE_LOG.match(line)]
+  return [line for line in result.stderr.strip().splitlines() if line]
+
+
+def test_a_run_prints_only_its_screens(train_run):
+  """No TensorFlow, CUDA or absl lines: the start screen, progress lines,
+  the end screen and our own one-line notes only."""
+  _, result = train_run
+  lines = result.stdout.splitlines() + result.stderr.splitlines()
+  assert not [line for line in lines if _NOT_OURS.search(line)], (
+      result.stdout + result.stderr)
+  assert all(line.startswith(("step ", "note: ")) for line in
+             our_stderr(result)), result.stderr
+
+
+def test_verbosity_brings_the_raw_logs_back(base, tmp_path):
+  result = binary("train", *train_flags(base, tmp_path / "run", steps=1),
+                  "--verbosity=0")
+  assert "Gin config:" in result.stderr  # An INFO record, raw.
 
 
 def files_under(path) -> list[str]:

@@ -1,0 +1,33 @@
+"""Entry points of the binaries (console scripts and `python -m`).
+
+Each one starts the C++ log filter (`console.filter_native_logs`) before the
+binary's module is imported, because importing it loads TensorFlow, which
+logs as it loads; then it runs the binary's `console_main`.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+from prompt_tuning import console
+
+
+def _run(module: str) -> None:
+  console.filter_native_logs()
+  importlib.import_module(f"prompt_tuning.{module}").console_main()
+
+
+def train() -> None:
+  _run("train")
+
+
+def eval() -> None:  # pylint: disable=redefined-builtin
+  _run("eval")
+
+
+def infer() -> None:
+  _run("infer")
+
+
+def random_checkpoint() -> None:
+  _run("random_checkpoint")
