@@ -74,7 +74,9 @@ setuptools.setup(
         + ["prompt_tuning.tasks"]
     ),
     package_dir={"prompt_tuning.tasks": "tasks"},
-    package_data={"prompt_tuning": ["gin/**/*.gin"],
+    # bases/: the shipped T5X checkpoints (zarr keeps metadata in dotfiles).
+    package_data={"prompt_tuning": ["gin/**/*.gin", "bases/**/*",
+                                    "bases/**/.z*"],
                   "prompt_tuning.tasks": ["data/*"]},
     include_package_data=False,
     install_requires=INSTALL_REQUIRES,

@@ -14,6 +14,7 @@ from prompt_tuning import methods
 from prompt_tuning import trainable
 from prompt_tuning.checkpoints.export import export_prompt
 from prompt_tuning.checkpoints.loader import load_pretrained
+from prompt_tuning.checkpoints.shipped import list_pretrained
 from prompt_tuning.methods import initializers
 from prompt_tuning.methods.model_tuning import ModelTuning
 from prompt_tuning.methods.msp import MultiStagePrompting
@@ -30,5 +31,5 @@ from prompt_tuning.models.configs import TransformerConfig
 __all__ = [
     "DecoderOnlyModel", "DecodingOptions", "EncoderDecoderModel",
     "ModelTuning", "MultiStagePrompting", "MultiTaskPrompt", "PrefixTuning", "PromptTuning", "TransformerConfig",
-    "build_model", "export_prompt", "fold", "initializers", "load_pretrained", "methods", "trainable",
+    "build_model", "export_prompt", "fold", "initializers", "list_pretrained", "load_pretrained", "methods", "trainable",
 ]

@@ -45,6 +45,10 @@ class DatasetConfig:
   shuffle: bool
   seed: Optional[int] = None
   use_cached: bool = False
+  # T5X's packing: several examples per row, with segment ids and
+  # per-example positions that the networks mask and position by. Model
+  # tuning and prefix tuning take it; soft-prompt methods and MSP refuse.
+  # Evaluation and inference never pack.
   pack: bool = False
   module: Optional[str] = None  # Imported first: it registers the task.
 
@@ -84,8 +88,13 @@ def feature_converter(model: model_wrappers.BaseModel, pack: bool = False):
   Encoder-decoder features for models that read `encoder_input_tokens`
   (T5, and MSP's decoder-only translator); otherwise the decoder-only
   converter (a prefix LM when the task has inputs, loss on targets only).
+  With `pack` the converter adds `*_segment_ids` and `*_positions`, which
+  the model wrappers pass to the network; a method that cannot take packed
+  rows raises its error here, before any data is read.
   """
   import seqio  # pylint: disable=g-import-not-at-top
+  if pack and model.method is not None:
+    model.method.check_packing("DatasetConfig.pack=True")
   if "encoder_input_tokens" in model.FEATURES:
     return seqio.EncDecFeatureConverter(pack=pack)
   return seqio.DecoderFeatureConverter(pack=pack)
@@ -136,6 +145,8 @@ def get_dataset(cfg: DatasetConfig, model: model_wrappers.BaseModel, *,
   num_epochs None repeats forever (training); eval passes 1.
   """
   import seqio  # pylint: disable=g-import-not-at-top
+  # First: a method that refuses packing fails before the task is read.
+  converter = feature_converter(model, cfg.pack)
   shard_id = jax.process_index() if shard_id is None else shard_id
   num_shards = jax.process_count() if num_shards is None else num_shards
   if cfg.batch_size % num_shards:
@@ -154,7 +165,7 @@ def get_dataset(cfg: DatasetConfig, model: model_wrappers.BaseModel, *,
   check_vocabularies(model, task)
   ds = seqio.get_dataset(
       cfg.mixture_or_task_name, cfg.task_feature_lengths,
-      feature_converter=feature_converter(model, cfg.pack),
+      feature_converter=converter,
       dataset_split=cfg.split, use_cached=cfg.use_cached,
       shuffle=cfg.shuffle, num_epochs=num_epochs,
       shard_info=seqio.ShardInfo(index=shard_id, num_shards=num_shards),

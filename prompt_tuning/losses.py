@@ -42,7 +42,8 @@ def token_accuracy(logits: jax.Array, targets: jax.Array) -> jax.Array:
 def weighted_cross_entropy(
     logits: jax.Array, targets: jax.Array, weights: jax.Array, *,
     label_smoothing: float = 0.0, z_loss: float = 0.0,
-    loss_normalizing_factor: LossNormalizer = None
+    loss_normalizing_factor: LossNormalizer = None,
+    segment_ids: Optional[jax.Array] = None
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
   """Returns (total loss, z-loss part, weight sum) over [b, L] tokens.
 
@@ -51,6 +52,9 @@ def weighted_cross_entropy(
   (T5X's convention). z_loss adds z_loss * log(Z)^2 to keep logits bounded.
   `loss_normalizing_factor`: None sums; a number divides; or one of
   NUM_REAL_TARGET_TOKENS, NUM_TOTAL_TARGET_TOKENS, AVERAGE_PER_SEQUENCE.
+  Per-token losses never depend on packing; `segment_ids` int [b, L] of
+  packed rows (T5X's `decoder_segment_ids`) only make AVERAGE_PER_SEQUENCE
+  average per packed example rather than per row, as T5X does.
   """
   token_loss, log_z = _token_loss(logits.astype(jnp.float32), targets,
                                   label_smoothing, z_loss)
@@ -61,7 +65,11 @@ def weighted_cross_entropy(
   weight_sum = jnp.sum(weights)
 
   if loss_normalizing_factor == "AVERAGE_PER_SEQUENCE":
-    per_sequence = jnp.maximum(jnp.sum(weights, axis=-1, keepdims=True), 1e-8)
+    if segment_ids is None:
+      per_sequence = jnp.sum(weights, axis=-1, keepdims=True)
+    else:
+      per_sequence = _sum_per_segment(weights, segment_ids)
+    per_sequence = jnp.maximum(per_sequence, 1e-8)
     token_loss = token_loss / per_sequence
     token_z_loss = token_z_loss / per_sequence
     divisor = 1.0
@@ -126,6 +134,20 @@ def _token_loss_bwd(label_smoothing, z_loss, residuals, cotangents):
 
 
 _token_loss.defvjp(_token_loss_fwd, _token_loss_bwd)
+
+
+def _sum_per_segment(weights: jax.Array, segment_ids: jax.Array) -> jax.Array:
+  """Each token's packed example's weight sum: [b, L] -> [b, L].
+
+  Ids (row, segment) are numbered row * (L + 1) + segment (segment ids are
+  at most L), so one segment_sum over b * (L + 1) slots does every row.
+  """
+  batch, length = weights.shape
+  ids = (jnp.arange(batch)[:, None] * (length + 1)
+         + segment_ids.astype(jnp.int32))
+  sums = jax.ops.segment_sum(weights.reshape(-1), ids.reshape(-1),
+                             num_segments=batch * (length + 1))
+  return sums[ids]
 
 
 def _divisor(loss_normalizing_factor: LossNormalizer,

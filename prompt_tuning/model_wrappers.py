@@ -4,6 +4,13 @@ They speak T5X's feature names (`encoder_input_tokens`,
 `decoder_input_tokens`, `decoder_target_tokens`, `decoder_loss_weights`,
 `decoder_causal_attention`) and take params explicitly, so the trainer can
 differentiate with respect to any subtree and keep the rest frozen.
+
+Packed batches (T5X's `pack=True`) also carry `encoder_segment_ids`,
+`encoder_positions`, `decoder_segment_ids` and `decoder_positions`; the
+teacher-forced paths (`compute_logits`, `loss_fn`) hand them to the network,
+whose masks and positions then keep every packed example to itself. Scoring
+and decoding take one example per row (inference is unpacked) and refuse
+packed batches.
 """
 
 from __future__ import annotations
@@ -69,6 +76,9 @@ class BaseModel:
   """What both wrappers share: the module, loss options and scoring."""
 
   FEATURES: tuple[str, ...] = ()
+  # The packing features the network reads (a subset of
+  # transformer.PACKING_FEATURES).
+  PACKING_FEATURES: tuple[str, ...] = ()
 
   def __init__(self, config: TransformerConfig, *,
                module: Optional[nn.Module] = None,
@@ -98,8 +108,34 @@ class BaseModel:
     return (".*",) if self.method is None else self.method.trainable_patterns()
 
   def _check_method_batch(self, batch: Batch) -> None:
+    self._packing_features(batch)  # a method refusing packed rows raises
     if self.method is not None:
       self.method.check_batch(batch)
+
+  def _packing_features(self, batch: Batch) -> dict[str, jax.Array]:
+    """The packing features of a packed batch ({} for an unpacked one).
+
+    A method that cannot take packed rows raises its error here (it depends
+    only on which keys the batch has, so it also works under jit).
+    """
+    packed = {k: batch[k] for k in transformer.PACKING_FEATURES
+              if batch.get(k) is not None}
+    if packed and self.method is not None:
+      self.method.check_packing(f"the batch has {', '.join(packed)}")
+    return {k: v for k, v in packed.items() if k in self.PACKING_FEATURES}
+
+  @staticmethod
+  def _refuse_packed(batch: Batch, what: str) -> None:
+    """Scoring and decoding treat each row as one example."""
+    packed = [k for k in transformer.PACKING_FEATURES
+              if batch.get(k) is not None]
+    if packed:
+      raise ValueError(
+          f"{what} takes one example per row, but this batch is packed (it "
+          f"has {', '.join(packed)}): packed rows are for teacher-forced "
+          "training and loss; build this batch with pack=False (seqio's "
+          "feature converter with pack=False, as evaluation and inference "
+          "do).")
 
   def _features(self, batch: Batch) -> dict[str, jax.Array]:
     """The extra batch features the method's module reads (e.g. task_ids)."""
@@ -137,7 +173,8 @@ class BaseModel:
     loss, z_loss, weight_sum = losses.weighted_cross_entropy(
         logits, targets, weights, label_smoothing=self.label_smoothing,
         z_loss=self.z_loss,
-        loss_normalizing_factor=self.loss_normalizing_factor)
+        loss_normalizing_factor=self.loss_normalizing_factor,
+        segment_ids=batch.get("decoder_segment_ids"))
     correct = losses.token_accuracy(logits, targets)
     metrics = {
         "loss": loss, "z_loss": z_loss, "cross_ent_loss": loss - z_loss,
@@ -151,6 +188,7 @@ class BaseModel:
     """Per-example summed log-likelihood of the weighted targets: [batch]."""
     if return_intermediates:
       raise NotImplementedError("return_intermediates is not supported yet.")
+    self._refuse_packed(batch, "score_batch")
     self._check_method_batch(batch)
     logits = self.compute_logits(params, batch, None)
     targets = batch["decoder_target_tokens"]
@@ -180,6 +218,7 @@ class BaseModel:
     """
     if num_decodes < 1:
       raise ValueError(f"num_decodes={num_decodes} must be >= 1.")
+    self._refuse_packed(batch, "predict_batch")
     self._check_method_batch(batch)
     options = dataclasses.replace(self.decoding_options,
                                   **dict(decoder_params or {}))
@@ -238,6 +277,7 @@ class EncoderDecoderModel(BaseModel):
 
   FEATURES = ("encoder_input_tokens", "decoder_input_tokens",
               "decoder_target_tokens")
+  PACKING_FEATURES = transformer.PACKING_FEATURES
 
   def get_initial_variables(self, rng: jax.Array,
                             input_shapes: Mapping[str, tuple[int, ...]],
@@ -256,7 +296,7 @@ class EncoderDecoderModel(BaseModel):
         {"params": params}, batch["encoder_input_tokens"],
         batch["decoder_input_tokens"], batch["decoder_target_tokens"],
         enable_dropout=dropout_rng is not None, rngs=rngs,
-        **self._features(batch))
+        **self._packing_features(batch), **self._features(batch))
 
   @_jit_predict
   def _predict(self, params, batch, rng, options, prompt_with_targets,
@@ -312,6 +352,7 @@ class DecoderOnlyModel(BaseModel):
   """Decoder-only LM (T5X-style or GPT-2 family) on T5X decoder features."""
 
   FEATURES = ("decoder_input_tokens", "decoder_target_tokens")
+  PACKING_FEATURES = ("decoder_segment_ids", "decoder_positions")
 
   def get_initial_variables(self, rng, input_shapes, input_types=None):
     del input_types
@@ -325,9 +366,8 @@ class DecoderOnlyModel(BaseModel):
     return self.module.apply(
         {"params": params}, batch["decoder_input_tokens"],
         decoder_causal_attention=batch.get("decoder_causal_attention"),
-        decoder_positions=batch.get("decoder_positions"),
         enable_dropout=dropout_rng is not None, rngs=rngs,
-        **self._features(batch))
+        **self._packing_features(batch), **self._features(batch))
 
   @_jit_predict
   def _predict(self, params, batch, rng, options, prompt_with_targets,

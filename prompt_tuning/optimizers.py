@@ -14,6 +14,7 @@ from __future__ import annotations
 from typing import Optional
 
 import gin
+import jax
 import jax.numpy as jnp
 import optax
 
@@ -28,6 +29,24 @@ def rsqrt_schedule(peak: float, warmup_steps: int) -> optax.Schedule:
     step = jnp.asarray(count, jnp.float32) + 1.0
     return peak * jnp.minimum(step / warmup_steps,
                               jnp.sqrt(warmup_steps / step))
+  return schedule
+
+
+@gin.configurable
+def rsqrt_decay(base_learning_rate: float = 1.0,
+                warmup_steps: int = 10_000) -> optax.Schedule:
+  """T5's pretraining schedule: base / sqrt(max(step, warmup_steps)).
+
+  Constant for the first `warmup_steps` (0.01 with T5's 10,000), then
+  inverse-square-root decay; no linear warmup (Adafactor does not need it).
+  """
+  if warmup_steps < 1:
+    raise ValueError(f"warmup_steps={warmup_steps} must be >= 1.")
+
+  def schedule(count):
+    step = jnp.asarray(count, jnp.float32) + 1.0
+    return base_learning_rate * jax.lax.rsqrt(
+        jnp.maximum(step, float(warmup_steps)))
   return schedule
 
 

@@ -22,22 +22,15 @@ import os
 import tempfile
 from typing import Any
 
-import flax
 import gin
 import jax
 
 from prompt_tuning import gin_utils
-from prompt_tuning import model_wrappers
 from prompt_tuning.checkpoints import loader
 from prompt_tuning.checkpoints import t5x
 
 
-def random_params(config: Any, seed: int = 0) -> Any:
-  """Randomly initialised base params (numpy, unboxed) for `config`."""
-  model = model_wrappers.build_model(config)
-  shapes = {k: (1, 8) for k in model.FEATURES if k.endswith("input_tokens")}
-  variables = model.get_initial_variables(jax.random.PRNGKey(seed), shapes)
-  return jax.device_get(flax.linen.meta.unbox(variables["params"]))
+random_params = loader.random_params
 
 
 @gin.configurable

@@ -26,12 +26,13 @@ from prompt_tuning import run_checkpoints
 from prompt_tuning import trainable
 from prompt_tuning.checkpoints import loader
 from prompt_tuning.methods import prompt_tuning as prompt_lib
+from prompt_tuning.methods.model_tuning import ModelTuning
 
 Params = Any
 
 
 @gin.configurable
-def load_model(initial_checkpoint_path: str = gin.REQUIRED,
+def load_model(initial_checkpoint_path: Optional[str] = gin.REQUIRED,
                model_config: Any = None, method: Any = None,
                param_dtype: str = "float32", dropout_rate: float = 0.0,
                label_smoothing: float = 0.0, z_loss: float = 0.0,
@@ -43,7 +44,9 @@ def load_model(initial_checkpoint_path: str = gin.REQUIRED,
   """(model, params): the frozen base + the method's fresh parameters.
 
   Args:
-    initial_checkpoint_path: the base (INITIAL_CHECKPOINT_PATH).
+    initial_checkpoint_path: the base (INITIAL_CHECKPOINT_PATH). None starts
+      from random weights, for pretraining: only when every weight trains
+      (model tuning), since a frozen random base has nothing to steer.
     model_config: the architecture (MODEL_CONFIG: a TransformerConfig from a
       models/*.gin file, a shipped model name, or None for checkpoints that
       store it).
@@ -56,18 +59,29 @@ def load_model(initial_checkpoint_path: str = gin.REQUIRED,
     random_seed: RANDOM_SEED, seeds the method's initializers.
     mesh: where the params go (default: the first device).
   """
-  if not initial_checkpoint_path:
-    raise ValueError("INITIAL_CHECKPOINT_PATH is not set; point it at the "
-                     "frozen base (a T5X, Orbax or Hugging Face checkpoint).")
   kwargs = dict(label_smoothing=label_smoothing, z_loss=z_loss,
-                loss_normalizing_factor=loss_normalizing_factor)
+                loss_normalizing_factor=loss_normalizing_factor,
+                method=method, mesh=mesh, rules=partitioning.LOGICAL_AXIS_RULES,
+                param_dtype=param_dtype, seed=random_seed,
+                config_overrides={"dropout_rate": dropout_rate})
   if decoding_options is not None:
     kwargs["decoding_options"] = decoding_options
-  model, variables = loader.load_pretrained(
-      initial_checkpoint_path, config=model_config, method=method, mesh=mesh,
-      rules=partitioning.LOGICAL_AXIS_RULES, param_dtype=param_dtype,
-      seed=random_seed, config_overrides={"dropout_rate": dropout_rate},
-      **kwargs)
+  if initial_checkpoint_path is None:
+    if not isinstance(method, ModelTuning) or method.trainable is not None:
+      raise ValueError(
+          "INITIAL_CHECKPOINT_PATH is None, which starts from random weights;"
+          " that only makes sense when every weight trains (pretraining with"
+          " methods/model_tuning.gin). Point INITIAL_CHECKPOINT_PATH at the"
+          " frozen base (a shipped base name, or a T5X, Orbax or Hugging Face"
+          " checkpoint).")
+    model, variables = loader.init_random(model_config, **kwargs)
+  elif not initial_checkpoint_path:
+    raise ValueError("INITIAL_CHECKPOINT_PATH is empty; point it at the "
+                     "frozen base (a shipped base name, or a T5X, Orbax or "
+                     "Hugging Face checkpoint).")
+  else:
+    model, variables = loader.load_pretrained(
+        initial_checkpoint_path, config=model_config, **kwargs)
   return model, variables["params"]
 
 

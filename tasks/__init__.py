@@ -10,11 +10,15 @@ and seqio load here, never from `import prompt_tuning`):
 * translation.py: WMT14 En-De, WMT16 Ro-En, WMT20 En-Zh and TED, each in
   T5's encoder-decoder format and MSP's decoder-only format.
 * demo.py: the shipped English-Spanish Bible demo (data/, public domain).
+* bible.py: pretraining objectives (pretraining.py) on the shipped Bible
+  corpus, and translation on the demo's held-out verses, in the shipped
+  bases' SentencePiece vocabulary.
 
 metrics.py holds the shared metric functions; vocabularies.py the
 vocabularies, whose file paths are gin-configurable.
 """
 
+from prompt_tuning.tasks import bible
 from prompt_tuning.tasks import demo
 from prompt_tuning.tasks import glue
 from prompt_tuning.tasks import metrics

@@ -3,13 +3,18 @@
 Tasks register at import time, before a binary's gin bindings are parsed,
 so each vocabulary here is a seqio.Vocabulary whose files are looked up on
 first use from `vocabulary_paths` (gin-configurable; the defaults name the
-real public locations). Offline, point them at local copies:
+real public locations, and for `bible` the file shipped in this package).
+Offline, point them at local copies:
 
   --gin.vocabulary_paths.t5="'/data/t5/sentencepiece.model'"
   --gin.vocabulary_paths.gpt2="'/data/gpt2'"  # holds vocab.json, merges.txt
 
 The same object is returned on every call, so tasks that share a
-vocabulary compare equal (seqio mixtures require it).
+vocabulary compare equal (seqio mixtures require it). `named_vocabulary`
+finds each by name ("t5", "mt5", "mgpt", "gpt2", "bible"), also from gin:
+
+  VOCABULARY = @named_vocabulary()
+  named_vocabulary.name = "bible"
 
 GPT-2 and padding: seqio pads with id 0 (`seqio.vocabularies.PAD_ID`), and
 GPT-2 has no padding token: its id 0 is "!". We keep GPT-2's ids unchanged
@@ -51,6 +56,11 @@ GPT2_BPE = "hf://openai-community/gpt2"
 GPT2_FILES = ("vocab.json", "merges.txt")
 GPT2_EOS = "<|endoftext|>"
 EXTRA_IDS = 100
+# The project's own bases (pretrained on Bible text, English and Spanish):
+# 8,000 SentencePiece pieces + 100 sentinels, shipped in data/ (built by
+# scripts/build_vocabulary.py; see data/README.md).
+BIBLE_SENTENCEPIECE = os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                                   "data", "bible_spm.model")
 # mGPT (MSP): the source/target separator and the end of a sentence.
 MGPT_SEPARATOR = "<extra_id_0>"
 MGPT_EOS = "</s>"
@@ -59,13 +69,14 @@ MGPT_EOS = "</s>"
 @gin.configurable
 def vocabulary_paths(t5: str = T5_SENTENCEPIECE,
                      mt5: str = MT5_SENTENCEPIECE,
-                     gpt2: str = GPT2_BPE) -> dict[str, str]:
+                     gpt2: str = GPT2_BPE,
+                     bible: str = BIBLE_SENTENCEPIECE) -> dict[str, str]:
   """Where each vocabulary's files are (gs://, hf:// for gpt2, or local).
 
-  t5 and mt5 name a SentencePiece model file; gpt2 a directory holding
-  GPT-2's vocab.json and merges.txt.
+  t5, mt5 and bible name a SentencePiece model file; gpt2 a directory
+  holding GPT-2's vocab.json and merges.txt.
   """
-  return {"t5": t5, "mt5": mt5, "gpt2": gpt2}
+  return {"t5": t5, "mt5": mt5, "gpt2": gpt2, "bible": bible}
 
 
 def _flag(binding: str, example: str) -> str:
@@ -166,6 +177,13 @@ def mgpt_separator_id(vocabulary: Optional[seqio.Vocabulary] = None) -> int:
   """The id of `<extra_id_0>` (250099 with the real mT5 model)."""
   vocabulary = vocabulary or mgpt_vocabulary()
   return vocabulary.vocab_size - 1  # seqio puts extra_id_0 last
+
+
+@functools.cache
+def bible_vocabulary() -> seqio.Vocabulary:
+  """The project's own bases' SentencePiece model + 100 extra ids (8,100
+  ids; pad 0, EOS 1, UNK 2, `<extra_id_0>` = 8099), as T5's is laid out."""
+  return ConfiguredSentencePieceVocabulary("bible")
 
 
 @gin.configurable
@@ -471,3 +489,22 @@ class GPT2Vocabulary(seqio.Vocabulary):
 def gpt2_vocabulary() -> seqio.Vocabulary:
   """GPT-2's byte-level BPE (50,257 ids; `<|endoftext|>` = 50256 is EOS)."""
   return GPT2Vocabulary()
+
+
+_NAMED = {
+    "t5": t5_vocabulary,
+    "mt5": mt5_vocabulary,
+    "mgpt": mgpt_vocabulary,
+    "gpt2": gpt2_vocabulary,
+    "bible": bible_vocabulary,
+}
+
+
+@gin.configurable
+def named_vocabulary(name: str = gin.REQUIRED) -> seqio.Vocabulary:
+  """The shared vocabulary called `name` (the same object its function
+  returns), so a gin file or flag can pick one by name."""
+  if name not in _NAMED:
+    raise ValueError(f"unknown vocabulary {name!r}; known: "
+                     f"{', '.join(sorted(_NAMED))}.")
+  return _NAMED[name]()

@@ -26,6 +26,7 @@ from prompt_tuning import partitioning
 from prompt_tuning.checkpoints import hf
 from prompt_tuning.checkpoints import lazy
 from prompt_tuning.checkpoints import orbax_params
+from prompt_tuning.checkpoints import shipped
 from prompt_tuning.checkpoints import t5x
 from prompt_tuning.models import configs
 from prompt_tuning.models.configs import TransformerConfig
@@ -34,16 +35,21 @@ ConfigLike = Union[None, TransformerConfig, str]
 
 
 def detect_format(path: str) -> str:
-  """'hf', 't5x' or 'orbax'; a clear error for anything else."""
+  """'hf', 't5x', 'orbax' or 'run' (a train run's checkpoint of a whole
+  model); a clear error for anything else."""
   if not path.startswith("gs://") and not os.path.exists(path):
     raise FileNotFoundError(
-        f"checkpoint path {path!r} does not exist; pass a Hugging Face model "
-        "dir (config.json + weights), a T5X checkpoint dir (checkpoint_N) or "
-        "an Orbax checkpoint dir.")
+        f"checkpoint path {path!r} does not exist; pass a shipped base's name"
+        f" ({', '.join(shipped.names()) or 'none installed'}), a Hugging Face"
+        " model dir (config.json + weights), a T5X checkpoint dir"
+        " (checkpoint_N) or an Orbax checkpoint dir.")
   if not path.startswith("gs://") and hf.is_hf_checkpoint(path):
     return "hf"
   if t5x.is_t5x_checkpoint(path):
     return "t5x"
+  # A run's checkpoint_N also carries Orbax's markers: look for runs first.
+  if not path.startswith("gs://") and orbax_params.find_run_checkpoint(path):
+    return "run"
   if not path.startswith("gs://") and orbax_params.is_orbax_checkpoint(path):
     return "orbax"
   listing = (sorted(os.listdir(path))[:10]
@@ -55,9 +61,13 @@ def detect_format(path: str) -> str:
 
 
 def resolve_config(config: ConfigLike) -> Optional[TransformerConfig]:
-  """A TransformerConfig, a shipped gin model name, or a .gin path."""
+  """A TransformerConfig, a shipped base's name, a shipped gin model name,
+  or a .gin path."""
   if config is None or isinstance(config, TransformerConfig):
     return config
+  base = shipped.find(config)
+  if base is not None:
+    return base.config
   if isinstance(config, str):
     return configs.from_gin(config)
   raise TypeError(f"config={config!r}; pass a TransformerConfig, a gin model "
@@ -145,8 +155,10 @@ def load_pretrained(path: str, *, config: ConfigLike = None,
   """Loads a frozen base: returns (T5X-interface model, {"params": ...}).
 
   Args:
-    path: a Hugging Face dir, a T5X checkpoint (or run) dir, or an Orbax
-      checkpoint written by `orbax_params.save_params`.
+    path: a shipped base's name (`pt.list_pretrained()`), a Hugging Face
+      dir, a T5X checkpoint (or run) dir, an Orbax checkpoint written by
+      `orbax_params.save_params`, or a model-tuning (pretraining) run's dir
+      or `checkpoint_<step>`.
     config: the architecture, where the checkpoint does not say it all
       (T5X): a TransformerConfig, a shipped gin model name or a .gin path.
       Overrides what a Hugging Face config.json or Orbax metadata says.
@@ -164,6 +176,9 @@ def load_pretrained(path: str, *, config: ConfigLike = None,
       change parameter shapes.
     model_kwargs: forwarded to the wrapper (eos_id, label_smoothing, ...).
   """
+  base = shipped.find(path)
+  if base is not None:
+    path, config = base.checkpoint_path, config or base.config
   fmt = detect_format(path)
   config = resolve_config(config)
   arrays: dict[str, lazy.LazyArray] = {}
@@ -176,7 +191,11 @@ def load_pretrained(path: str, *, config: ConfigLike = None,
     found = {n: a.shape for n, a in arrays.items()}
     config = config or infer_t5x_config(found)
   else:
-    stored_config, metadata = orbax_params.read_metadata(path)
+    if fmt == "run":
+      path = orbax_params.find_run_checkpoint(path)
+      stored_config, metadata = orbax_params.read_run_metadata(path)
+    else:
+      stored_config, metadata = orbax_params.read_metadata(path)
     config = config or stored_config
     if config is None:
       raise ValueError(f"{path} stores no model config; pass config=.")
@@ -189,17 +208,24 @@ def load_pretrained(path: str, *, config: ConfigLike = None,
   model = model_wrappers.build_model(config, method=method, **model_kwargs)
   model.base_path = os.path.abspath(path)
   expected = expected_params(model_wrappers.build_model(config))
+  if fmt == "run" and not set(found) & set(expected):
+    raise ValueError(
+        f"{path} is a train run that saved only its method's parameters "
+        f"({sorted(found)[:3]}...), not a whole model; load its base "
+        "(the run's INITIAL_CHECKPOINT_PATH) and pass the run as "
+        "CHECKPOINT_PATH (eval/infer) instead.")
   check_names_and_shapes(found, {n: b.value.shape for n, b in
                                  expected.items()}, f"checkpoint {path!r}")
   dtype = jnp.dtype(param_dtype)
   shardings = _target_shardings(expected, mesh, rules)
 
-  if fmt == "orbax":
+  if fmt in ("orbax", "run"):
     abstract = flax.traverse_util.unflatten_dict({
         tuple(n.split("/")): jax.ShapeDtypeStruct(b.value.shape, dtype,
                                                   sharding=shardings[n])
         for n, b in expected.items()})
-    params = orbax_params.restore_params(path, abstract)
+    params = (orbax_params.restore_params(path, abstract) if fmt == "orbax"
+              else orbax_params.restore_run_params(path, abstract))
   else:
     flat = {}
     for name, array in arrays.items():
@@ -208,6 +234,62 @@ def load_pretrained(path: str, *, config: ConfigLike = None,
           array.shape, shardings[name],
           lambda index, a=array: np.asarray(a.read(index), dtype=dtype))
     params = flax.traverse_util.unflatten_dict(flat)
+  if method is not None:
+    params = _add_method_params(model, params, seed, mesh, rules)
+  return model, {"params": params}
+
+
+# GPT-2's residual-branch output projections (attention out, MLP wo).
+_RESIDUAL_OUTPUTS = re.compile(r"/(out|wo)/kernel$")
+
+
+def random_params(config: TransformerConfig, seed: int = 0) -> Any:
+  """Randomly initialised base params (numpy, unboxed): T5X's initializers,
+  or GPT-2's where `config.init_std` is set."""
+  model = model_wrappers.build_model(config)
+  shapes = {k: (1, 8) for k in model.FEATURES if k.endswith("input_tokens")}
+  variables = model.get_initial_variables(jax.random.PRNGKey(seed), shapes)
+  params = jax.device_get(nn.meta.unbox(variables["params"]))
+  if config.init_std is None:
+    return params
+  rng = np.random.default_rng(seed)
+  residual_std = config.init_std / np.sqrt(2 * config.num_decoder_layers)
+  flat = flax.traverse_util.flatten_dict(params, sep="/")
+  for name, value in sorted(flat.items()):
+    if name.endswith(("/kernel", "/embedding")):
+      std = (residual_std if _RESIDUAL_OUTPUTS.search(name)
+             else config.init_std)
+      flat[name] = (rng.standard_normal(value.shape) * std).astype(
+          value.dtype)
+  return flax.traverse_util.unflatten_dict(flat, sep="/")
+
+
+def init_random(config: ConfigLike, *, method: Any = None,
+                mesh: Optional[Mesh] = None,
+                rules: partitioning.Rules = partitioning.LOGICAL_AXIS_RULES,
+                param_dtype: str = "float32", seed: int = 0,
+                config_overrides: Optional[dict[str, Any]] = None,
+                **model_kwargs
+                ) -> tuple[model_wrappers.BaseModel, dict[str, Any]]:
+  """A base with random weights, placed like `load_pretrained`'s: what
+  pretraining from scratch starts from (T5X's train without an initial
+  checkpoint). Arguments as `load_pretrained`; `config` is required.
+  """
+  config = resolve_config(config)
+  if config is None:
+    raise ValueError("a random init needs an architecture: include a "
+                     "models/*.gin file (MODEL_CONFIG) or pass config=.")
+  if config_overrides:
+    config = dataclasses.replace(config, **config_overrides)
+  model = model_wrappers.build_model(config, method=method, **model_kwargs)
+  expected = expected_params(model_wrappers.build_model(config))
+  shardings = _target_shardings(expected, mesh, rules)
+  dtype = jnp.dtype(param_dtype)
+  flat = flax.traverse_util.flatten_dict(random_params(config, seed),
+                                         sep="/")
+  params = flax.traverse_util.unflatten_dict(
+      {n: jax.device_put(np.asarray(a, dtype), shardings[n])
+       for n, a in flat.items()}, sep="/")
   if method is not None:
     params = _add_method_params(model, params, seed, mesh, rules)
   return model, {"params": params}

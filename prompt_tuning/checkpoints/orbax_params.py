@@ -1,16 +1,21 @@
-"""Full-model parameters as an Orbax checkpoint, with the architecture inside.
+"""Full-model parameters as Orbax checkpoints: ours, and a run's.
 
-This is the format our own tools write for a whole model (a converted base,
-or the result of model tuning): an Orbax PyTree checkpoint of
-`{"params": ...}` whose custom metadata holds the `TransformerConfig`, so it
-loads with no other file. Orbax restores straight into target shardings, so
-each process reads only the shards its devices hold.
+Our own tools write a whole model (a converted base) as an Orbax PyTree
+checkpoint of `{"params": ...}` whose custom metadata holds the
+`TransformerConfig`, so it loads with no other file. A model-tuning run
+(pretraining included) writes `MODEL_DIR/checkpoint_<step>/params/`, the
+whole model, with the architecture in `MODEL_DIR/model_info.json`; T5X
+users start the next stage from such a checkpoint, so it loads as a base
+too. Orbax restores straight into target shardings, so each process reads
+only the shards its devices hold.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
+import re
 from typing import Any, Optional
 
 import jax
@@ -51,14 +56,59 @@ def read_metadata(path: str) -> tuple[Optional[TransformerConfig],
         f"{path} is an Orbax checkpoint without a 'params' entry (it holds "
         f"{sorted(tree)}); load_pretrained reads full-model checkpoints "
         "written by prompt_tuning.checkpoints.orbax_params.save_params.")
-  flat = {}
-  for keys, leaf in jax.tree_util.tree_flatten_with_path(
-      tree["params"], is_leaf=lambda x: hasattr(x, "shape"))[0]:
-    name = "/".join(str(getattr(k, "key", k)) for k in keys)
-    flat[name] = (tuple(leaf.shape), np.dtype(leaf.dtype))
+  flat = _flat_shapes(tree["params"])
   stored = (metadata.custom_metadata or {}).get(_CONFIG_KEY)
   return (TransformerConfig(**_config_from_json(stored)) if stored else None,
           flat)
+
+
+def _flat_shapes(tree: Any) -> dict[str, tuple[tuple[int, ...], Any]]:
+  flat = {}
+  for keys, leaf in jax.tree_util.tree_flatten_with_path(
+      tree, is_leaf=lambda x: hasattr(x, "shape"))[0]:
+    name = "/".join(str(getattr(k, "key", k)) for k in keys)
+    flat[name] = (tuple(leaf.shape), np.dtype(leaf.dtype))
+  return flat
+
+
+_RUN_STEP = re.compile(r"checkpoint_(\d+)")
+_RUN_INFO = "model_info.json"  # Written by the train binary.
+
+
+def find_run_checkpoint(path: str) -> Optional[str]:
+  """The `checkpoint_<step>` dir of a train run that `path` names (the dir
+  itself, or the run dir: its newest), or None if `path` is not a run."""
+  path = os.path.abspath(path)
+  if not os.path.isdir(path):
+    return None
+  if _RUN_STEP.fullmatch(os.path.basename(path)):
+    return path if os.path.isdir(os.path.join(path, "params")) else None
+  steps = [int(m.group(1)) for m in map(_RUN_STEP.fullmatch, os.listdir(path))
+           if m and os.path.isdir(os.path.join(path, m.group(0), "params"))]
+  return os.path.join(path, f"checkpoint_{max(steps)}") if steps else None
+
+
+def read_run_metadata(checkpoint_dir: str
+                      ) -> tuple[Optional[TransformerConfig],
+                                 dict[str, tuple[tuple[int, ...], Any]]]:
+  """(the run's architecture from its model_info.json if there, shapes of
+  the saved params) for a run's `checkpoint_<step>` dir."""
+  metadata = ocp.StandardCheckpointer().metadata(
+      os.path.join(checkpoint_dir, "params"))
+  info_path = os.path.join(os.path.dirname(checkpoint_dir), _RUN_INFO)
+  config = None
+  if os.path.isfile(info_path):
+    with open(info_path, encoding="utf-8") as f:
+      stored = json.load(f).get("config")
+    if stored:
+      config = TransformerConfig(**_config_from_json(stored))
+  return config, _flat_shapes(metadata.item_metadata.tree)
+
+
+def restore_run_params(checkpoint_dir: str, abstract_params: Any) -> Any:
+  """A run checkpoint's saved params, into `abstract_params`."""
+  return ocp.StandardCheckpointer().restore(
+      os.path.join(checkpoint_dir, "params"), abstract_params)
 
 
 def restore_params(path: str, abstract_params: Any) -> Any:

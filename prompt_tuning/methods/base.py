@@ -29,6 +29,10 @@ class Method:
   default_trainable: tuple[str, ...] = ()
   # Architectures the method supports ('encoder_decoder', 'decoder_only').
   architectures: tuple[str, ...] = ("encoder_decoder", "decoder_only")
+  # Why the method cannot take packed rows (T5X's pack=True: several
+  # examples per row), or None when it can: then the network's segment
+  # masks and per-example positions keep each example exact.
+  packing_unsupported: Optional[str] = None
 
   def trainable_patterns(self) -> tuple[str, ...]:
     return tuple(self.default_trainable if self.trainable is None
@@ -43,6 +47,19 @@ class Method:
   def positions_taken(self) -> int:
     """Sequence positions the method's inputs occupy (the input budget)."""
     return 0
+
+  def check_packing(self, source: str) -> None:
+    """Raises the method's one packing error when it cannot take packed
+    rows; `source` says where packing was seen (a batch's packing features,
+    or DatasetConfig.pack=True)."""
+    if self.packing_unsupported is None:
+      return
+    raise ValueError(
+        f"{type(self).__name__} cannot take packed batches ({source}): "
+        f"{self.packing_unsupported}. Set pack=False "
+        "(--gin.DatasetConfig.pack=False, or the scoped "
+        "train/DatasetConfig.pack where a gin file sets it; seqio's "
+        "feature converters: pack=False).")
 
   def check_batch(self, batch) -> None:
     """Checks a batch's values before the compiled model sees them (the

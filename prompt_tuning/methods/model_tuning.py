@@ -2,7 +2,9 @@
 
 The paper's baseline trains every weight; `trainable` narrows it to any set
 of regexes over "/"-joined names (e.g. only layer norms, or the last decoder
-layer), so the same trainer runs every variant.
+layer), so the same trainer runs every variant. Packed batches (pack=True,
+as pretraining uses) are supported: the networks mask each packed example
+off its neighbours and restart its positions.
 """
 
 from __future__ import annotations

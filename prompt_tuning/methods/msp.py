@@ -133,6 +133,10 @@ class MultiStagePrompting(base.Method):
   trainable: Optional[Sequence[str]] = None
   default_trainable = (r"msp/.*",)
   architectures = ("decoder_only",)
+  packing_unsupported = (
+      "MSP carries each row's source keys/values into its re-encoding and "
+      "decoding stages as one block, so in a packed row every example would "
+      "attend to all the row's sources")
 
   def __post_init__(self):
     if self.length < 1:
@@ -256,7 +260,7 @@ class MspDecoderOnly(transformer.DecoderOnly):
 
     encoder_input_tokens: [batch, Ls] ids, 0 = padding.
     """
-    del features
+    self.check_packing(features)
     self._check_length(encoder_input_tokens.shape[1], "source")
     deterministic = not enable_dropout
     valid = jnp.asarray(encoder_input_tokens) > 0
@@ -300,7 +304,8 @@ class MspDecoderOnly(transformer.DecoderOnly):
     puts 0 in column 0; that column becomes the separator. Decode-mode
     inputs are taken as they are (predict starts from the separator).
     """
-    del encoder_input_tokens, features  # the source is in `encoded`
+    del encoder_input_tokens  # the source is in `encoded`
+    self.check_packing(dict(features, decoder_positions=decoder_positions))
     batch, q = decoder_input_tokens.shape
     # In decode mode this catches the cache-sizing call (q = cache length).
     self._check_length(q, "target")

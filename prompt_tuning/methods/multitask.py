@@ -273,6 +273,11 @@ class MultiTaskPrompt(base.Method):
             f"combine={self.combine!r}: decoder-only models take the prompt "
             "before their tokens ('prefix') or after BOS ('after_bos').")
 
+  packing_unsupported = (
+      "multitask prompts place one prompt per row, chosen by the row's task "
+      "(task_ids [batch] or a leading task token); a packed row holds "
+      "several examples, possibly of different tasks")
+
   def check_batch(self, batch) -> None:
     """Out-of-range task ids (or task tokens) are an error here, where the
     values are concrete; under a caller's jit they give NaN scores."""

@@ -14,6 +14,12 @@ prefix counts as the first P positions, so absolute-position models start
 the inputs at position P and relative-position models bias the prefix keys
 as positions 0..P-1. "none" gives the prefix no positions (MSP's stage
 prompts): inputs start at 0 and relative models add no bias for it.
+
+Packed batches (pack=True) are supported and exact: the prefix is the same
+constant keys/values for every example and attends to nothing itself, so
+every packed example sees it as it would unpacked; its positions shift each
+example's own restarted positions (`decoder_positions` + P), and its
+relative biases are computed against those per-example positions.
 """
 
 from __future__ import annotations

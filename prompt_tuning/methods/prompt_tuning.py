@@ -102,6 +102,10 @@ class PromptTuning(base.Method):
   prompt: Optional[Any] = None
   trainable: Optional[Sequence[str]] = None
   default_trainable = (r"prompt/.*",)
+  packing_unsupported = (
+      "prompt tuning places one soft prompt per row; a packed row holds "
+      "several examples, which would share that one prompt (and, through "
+      "it, see each other)")
 
   def __post_init__(self):
     if self.prompt is not None:
@@ -204,9 +208,7 @@ class PromptDecoderOnly(transformer.DecoderOnly):
     """As DecoderOnly; the prompt (P rows) is placed by the layout and, when
     decoding, written into the cache ahead of the inputs."""
     del decoder_target_tokens
-    if decoder_positions is not None:
-      raise ValueError("decoder_positions (packed examples) cannot be "
-                       "combined with a soft prompt; disable packing.")
+    self.check_packing(dict(features, decoder_positions=decoder_positions))
     tokens, prompt = self.soft_prompt(decoder_input_tokens, features)
     # Only placement matters here (GPT-2's id 0 is a real token, so the
     # layout's validity is not used): right padding keeps causal masks right.

@@ -8,7 +8,7 @@ how logits are made), so they share one config and one set of layers.
 from __future__ import annotations
 
 import dataclasses
-from typing import Literal
+from typing import Literal, Optional
 
 import gin
 import jax.numpy as jnp
@@ -62,6 +62,11 @@ class TransformerConfig:
   dropout_rate: float = 0.0
   # Activation dtype; parameters are always created in float32.
   dtype: str = "float32"
+  # How random weights start (pretraining from scratch; loaded bases ignore
+  # it). None: T5X's (fan-in variance scaling, unit-normal embeddings).
+  # A number: GPT-2's, normal(init_std) kernels and embeddings, with each
+  # residual branch's output projection scaled by 1/sqrt(2 * layers).
+  init_std: Optional[float] = None
 
   def __post_init__(self):
     if self.architecture not in ("encoder_decoder", "decoder_only"):
@@ -145,7 +150,7 @@ def gpt2(size: str = "small", **overrides) -> TransformerConfig:
       mlp_activations=("gelu_new",), norm="layer", norm_epsilon=1e-5,
       use_bias=True, position_embedding="absolute",
       max_position_embeddings=1024, logits_via_embedding=True,
-      scale_tied_logits=False, scale_attention_logits=True)
+      scale_tied_logits=False, scale_attention_logits=True, init_std=0.02)
   return TransformerConfig(**{**defaults, **overrides})
 
 

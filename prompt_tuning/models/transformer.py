@@ -5,11 +5,27 @@
 which differ only in `TransformerConfig` switches. Stacks take *embedded*
 inputs plus explicit positions and masks, so methods can insert soft prompts
 or KV prefixes without touching this file.
+
+Packed rows (T5X's `pack=True`, seqio's packing feature converters) hold
+several examples each, described by the `PACKING_FEATURES`:
+`*_segment_ids` int [batch, length] (1, 2, ... per packed example, 0 =
+padding) and `*_positions` int [batch, length] (restarting at 0 for each
+packed example). The segment ids go into every mask (`masks.py`): encoder
+and decoder self-attention and cross-attention stay inside one example. The
+positions replace the shared 0..L-1: GPT-2's learned absolute position
+embeddings read them, and T5's relative position buckets are computed from
+them. That makes relative positions exact by construction: a query and a key
+of the same example get bucket(pos_k - pos_q), the distance they have
+unpacked; pairs from different examples get meaningless distances, but those
+pairs are masked. (seqio packs each example as one contiguous run, so row
+distances would agree within a segment as well; reading the given positions
+keeps exactness independent of that, at the price of a per-example bias
+[batch, heads, q, k] instead of one shared [1, heads, q, k].)
 """
 
 from __future__ import annotations
 
-from typing import Mapping, Optional, Union
+from typing import Any, Mapping, Optional, Union
 
 import flax.linen as nn
 import jax
@@ -24,6 +40,10 @@ from prompt_tuning.models.kv_prefix import KvPrefix
 from prompt_tuning.models.kv_prefix import stack_key_values
 
 ACTIVATION_AXES = ("batch", "length", "embed")
+
+# T5X's packing features (seqio's converters with pack=True add them).
+PACKING_FEATURES = ("encoder_segment_ids", "encoder_positions",
+                    "decoder_segment_ids", "decoder_positions")
 
 
 def _norm(cfg: TransformerConfig, name: Optional[str] = None) -> layers.Norm:
@@ -147,6 +167,8 @@ class Encoder(nn.Module):
                deterministic: bool = True) -> jax.Array:
     """embedded [batch, L, embed], positions [batch or 1, L], mask [b, 1, L, L].
 
+    `positions` are each token's position within its example (per packed
+    example in packed rows), from which the relative bias is computed;
     `prefix` adds per-layer keys/values before each layer's own keys.
     """
     cfg = self.config
@@ -186,8 +208,7 @@ class DecodeCacheState(nn.Module):
                                      (batch, q), jnp.int32)
     index = cache_index.value
     slots = index[:, None] + jnp.arange(q, dtype=jnp.int32)[None, :]
-    if positions is None:
-      positions = slots + position_offset
+    positions = (slots if positions is None else positions) + position_offset
     rows = jnp.arange(batch)[:, None]
     key_positions = cached_positions.value.at[rows, slots].set(positions)
     mask = masks.cache_mask(index, chunk_mask, key_positions.shape[1])
@@ -269,9 +290,12 @@ class Decoder(nn.Module):
 
     Args:
       embedded: [batch, q, embed] token (and prompt) embeddings.
-      positions: int [batch or 1, q]; default 0..q-1 as [1, q], or the
-        cache slots when decoding.
-      self_mask: bool [batch, 1, q, q] among these q tokens; default causal.
+      positions: int [batch or 1, q], each token's position within its
+        example (packed rows: `decoder_positions`, restarting at 0 per
+        example); default 0..q-1 as [1, q], or the cache slots when
+        decoding. `position_offset` is added either way.
+      self_mask: bool [batch, 1, q, q] among these q tokens; default causal
+        (packed rows pass `masks.decoder_self_mask` with segment ids).
         When decoding, earlier cache slots are added as visible.
       encoded, cross_mask: encoder output [batch, k, embed] (or its
         `cross_key_values`, one KeyValue per layer) and [b, 1, q, k].
@@ -281,8 +305,8 @@ class Decoder(nn.Module):
         true prompt lengths so decoding continues right after each prompt.
       self_prefix, cross_prefix: per-layer keys/values before the
         self-attention keys (or the cache) and the cross-attention keys.
-      position_offset: added to the default positions (prefixes that hold
-        the first positions, as in the reference prefix tuning).
+      position_offset: added to the positions (prefixes that hold the first
+        positions of every example, as in the reference prefix tuning).
       return_kv: also return every layer's self-attention keys/values of
         these q tokens, [layers, batch, q, heads, head_dim].
       logits_at: int [batch]; logits only at this position of each example,
@@ -298,7 +322,8 @@ class Decoder(nn.Module):
           positions, self_mask, cache_advance, position_offset)
     else:
       if positions is None:
-        positions = _shared_positions(q) + position_offset
+        positions = _shared_positions(q)
+      positions = positions + position_offset
       key_positions = positions
 
     x = embedded
@@ -369,6 +394,19 @@ class MethodHooks:
     """Creates the method's own parameters (none here); `load_pretrained`
     calls it with the frozen base loaded, so initializers can read it."""
 
+  def check_packing(self, features: Mapping[str, Any]) -> None:
+    """Raises when the attached method cannot take packed rows.
+
+    `features` holds a call's features (None = absent); any of
+    `PACKING_FEATURES` among them marks packed rows. The plain networks take
+    them; method networks carry their `method`, whose `check_packing` raises
+    that method's one error (e.g. a soft prompt is one per row).
+    """
+    given = [k for k in PACKING_FEATURES if features.get(k) is not None]
+    method = getattr(self, "method", None)
+    if given and method is not None:
+      method.check_packing(f"the batch has {', '.join(given)}")
+
 
 class EncoderDecoder(nn.Module, MethodHooks):
   """T5-style encoder-decoder (T5X `Transformer` names and methods)."""
@@ -401,15 +439,26 @@ class EncoderDecoder(nn.Module, MethodHooks):
     return encoder_input_tokens > 0
 
   def encode(self, encoder_input_tokens: jax.Array, *,
+             encoder_segment_ids: Optional[jax.Array] = None,
+             encoder_positions: Optional[jax.Array] = None,
              enable_dropout: bool = False, **features) -> jax.Array:
-    """[batch, L] ids (0 = padding) -> [batch, L', embed]."""
+    """[batch, L] ids (0 = padding) -> [batch, L', embed].
+
+    Packed rows add encoder_segment_ids and encoder_positions, int
+    [batch, L] (see the module doc): self-attention stays inside each
+    example and relative biases use the per-example positions.
+    """
+    self.check_packing(dict(features, encoder_segment_ids=encoder_segment_ids,
+                            encoder_positions=encoder_positions))
     embedded, valid = self.embed_inputs(encoder_input_tokens, features)
     batch, length = valid.shape
+    positions = (_shared_positions(length) if encoder_positions is None
+                 else encoder_positions)
     return self.encoder(
         embedded,
-        positions=(_shared_positions(length)
-                   + self.position_offset("encoder_self")),
-        mask=masks.attention_mask(valid, valid),
+        positions=positions + self.position_offset("encoder_self"),
+        mask=masks.attention_mask(valid, valid, encoder_segment_ids,
+                                  encoder_segment_ids),
         prefix=self.kv_prefix("encoder_self", batch, features,
                               not enable_dropout),
         deterministic=not enable_dropout)
@@ -423,15 +472,28 @@ class EncoderDecoder(nn.Module, MethodHooks):
              encoder_input_tokens: jax.Array,
              decoder_input_tokens: jax.Array, *,
              decoder_positions: Optional[jax.Array] = None,
+             decoder_segment_ids: Optional[jax.Array] = None,
+             encoder_segment_ids: Optional[jax.Array] = None,
              enable_dropout: bool = False, decode: bool = False,
              **features) -> jax.Array:
-    """Logits [batch, q, vocab] for decoder inputs [batch, q]."""
+    """Logits [batch, q, vocab] for decoder inputs [batch, q].
+
+    Packed rows add decoder_positions and decoder_segment_ids [batch, q] and
+    encoder_segment_ids [batch, L]: self-attention is causal within each
+    example, and decoder segment s attends to encoder segment s only.
+    """
+    self.check_packing(dict(features, decoder_positions=decoder_positions,
+                            decoder_segment_ids=decoder_segment_ids,
+                            encoder_segment_ids=encoder_segment_ids))
     batch, q = decoder_input_tokens.shape
     cross_mask = masks.attention_mask(
         jnp.ones((batch, q), bool),
-        self.encoded_valid(encoder_input_tokens, features))
+        self.encoded_valid(encoder_input_tokens, features),
+        decoder_segment_ids, encoder_segment_ids)
     return self.decoder(
         self.decoder.embed(decoder_input_tokens), positions=decoder_positions,
+        self_mask=masks.decoder_self_mask(batch, q,
+                                          segment_ids=decoder_segment_ids),
         encoded=encoded, cross_mask=cross_mask, decode=decode,
         self_prefix=self.kv_prefix("decoder_self", batch, features,
                                    not enable_dropout),
@@ -465,6 +527,7 @@ class DecoderOnly(nn.Module, MethodHooks):
                decoder_target_tokens: Optional[jax.Array] = None, *,
                decoder_causal_attention: Optional[jax.Array] = None,
                decoder_positions: Optional[jax.Array] = None,
+               decoder_segment_ids: Optional[jax.Array] = None,
                enable_dropout: bool = False, decode: bool = False,
                cache_advance: Optional[jax.Array] = None,
                logits_at: Optional[jax.Array] = None,
@@ -474,13 +537,20 @@ class DecoderOnly(nn.Module, MethodHooks):
     `decoder_causal_attention` [batch, q] marks the prefix-LM input region; it
     only changes the mask when `config.prefix_lm` is set. `logits_at` int
     [batch] gives logits [batch, 1, vocab] at that input position only.
+    Packed rows add decoder_positions and decoder_segment_ids [batch, q]:
+    attention is causal (and the prefix-LM region bidirectional) within each
+    example only, and positions restart per example.
     """
     del decoder_target_tokens
+    self.check_packing(dict(features, decoder_positions=decoder_positions,
+                            decoder_segment_ids=decoder_segment_ids))
     batch, q = decoder_input_tokens.shape
     region = decoder_causal_attention if self.config.prefix_lm else None
     return self.decoder(
         self.decoder.embed(decoder_input_tokens), positions=decoder_positions,
-        self_mask=masks.decoder_self_mask(batch, q, region), decode=decode,
+        self_mask=masks.decoder_self_mask(batch, q, region,
+                                          decoder_segment_ids),
+        decode=decode,
         cache_advance=cache_advance,
         self_prefix=self.kv_prefix("decoder_self", batch, features,
                                    not enable_dropout),
