@@ -115,7 +115,9 @@ class Evaluator:
   """
 
   def __init__(self, model: model_wrappers.BaseModel,
-               dataset_cfg: data.DatasetConfig, mesh: Mesh, log_dir: str):
+               dataset_cfg: data.DatasetConfig, mesh: Mesh, log_dir: str,
+               num_examples: Optional[int] = None):
+    """`num_examples`: evaluate the split's first N examples (None: all)."""
     import seqio  # pylint: disable=g-import-not-at-top  # Heavy: TF.
     data.get_task(dataset_cfg.mixture_or_task_name, dataset_cfg.module)
     data.check_feature_lengths(model, dataset_cfg.task_feature_lengths)
@@ -136,7 +138,7 @@ class Evaluator:
         sequence_length=dict(dataset_cfg.task_feature_lengths),
         log_dir=log_dir,
         logger_cls=[seqio.TensorBoardLogger, seqio.JSONLogger],
-        async_compute_metrics=False)
+        async_compute_metrics=False, num_examples=num_examples)
     if not self.task_names:
       logging.warning(
           "%r has no task with a %r split and metrics; nothing to evaluate.",
@@ -192,6 +194,28 @@ class Evaluator:
       return {}
     return {task: {name: _scalar(value) for name, value in values.items()}
             for task, values in metrics.items()}
+
+  def examples(self, step: int, count: int) -> dict[str, list[dict[str, Any]]]:
+    """{task: the first `count` (input, target, prediction) records} that
+    evaluating at `step` logged (seqio's JSONLogger; process 0 only)."""
+    found = {}
+    for task in self.task_names:
+      path = os.path.join(self.log_dir, f"{task}-{step:06d}.jsonl")
+      if not os.path.isfile(path):
+        continue
+      records = []
+      with open(path, encoding="utf-8") as f:
+        for line in f:
+          if len(records) == count:
+            break
+          row = json.loads(line)
+          inputs = row.get("input", {})
+          records.append({
+              "input": inputs.get("inputs_pretokenized", ""),
+              "target": row.get("target", ""),
+              "prediction": row.get("prediction", "")})
+      found[task] = records
+    return found
 
   def close(self) -> None:
     self._seqio.close()

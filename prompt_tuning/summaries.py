@@ -13,7 +13,7 @@ import json
 import os
 import sys
 import time
-from typing import Any, Mapping, Optional
+from typing import Any, Mapping, Optional, Sequence
 
 import jax
 import numpy as np
@@ -124,6 +124,25 @@ def screen(title: str, rows: Mapping[str, Any]) -> str:
   if jax.process_index() == 0:
     print(text, flush=True)
   return text
+
+
+def print_examples(after: Mapping[str, Sequence[Mapping[str, str]]],
+                   before: Optional[Mapping[str, Sequence[Mapping[str, str]]]]
+                   = None) -> None:
+  """Held-out examples as a block per example: input, reference, and the
+  output before training (if given) and after."""
+  for task, records in after.items():
+    earlier = (before or {}).get(task, [])
+    print(f"== examples: {task} (held out)")
+    for i, record in enumerate(records):
+      rows = {"input": record["input"], "reference": record["target"]}
+      if i < len(earlier):
+        rows["before"] = earlier[i]["prediction"]
+      rows["after"] = record["prediction"]
+      width = max(len(k) for k in rows)
+      for key, value in rows.items():
+        print(f"  {key.ljust(width)}  {value}")
+      print()
 
 
 def start_rows(model: Any, trainable_params: Any, frozen_params: Any,

@@ -112,7 +112,10 @@ def train(*, model_dir: str = gin.REQUIRED,
           total_steps: int = gin.REQUIRED, eval_period: int = 1000,
           eval_steps: Optional[int] = 20, checkpoint_period: int = 1000,
           keep_checkpoints: Optional[int] = None, num_microbatches: int = 1,
-          random_seed: int = 0, log_period: int = 100) -> TrainResult:
+          random_seed: int = 0, log_period: int = 100,
+          infer_eval_examples: Optional[int] = None,
+          eval_untrained: bool = False,
+          show_examples: int = 0) -> TrainResult:
   """Trains the method's parameters.
 
   Args:
@@ -132,6 +135,14 @@ def train(*, model_dir: str = gin.REQUIRED,
     num_microbatches: gradient accumulation over this many slices.
     random_seed: RANDOM_SEED for dropout and the shuffle order.
     log_period: steps between train summaries (and log lines off a TTY).
+    infer_eval_examples: decode / score only the first N examples of the
+      inference-eval split (None: all of it).
+    eval_untrained: also run the inference eval before the first step (on
+      a fresh run), so the end screen shows the metrics the method started
+      from next to those it reached.
+    show_examples: the end screen shows this many inference-eval examples:
+      input, reference, and the output before (with eval_untrained) and
+      after training.
   """
   _check_steps(total_steps, eval_period=eval_period,
                checkpoint_period=checkpoint_period, log_period=log_period)
@@ -190,11 +201,28 @@ def train(*, model_dir: str = gin.REQUIRED,
   last: dict[str, Any] = {}
   pending = None  # (step, metrics) of the step before: read one step late
 
+  def inference_eval(step: int) -> dict[str, Any]:
+    nonlocal evaluator
+    if evaluator is None:
+      evaluator = evaluation.Evaluator(
+          model, infer_eval_dataset_cfg, mesh,
+          log_dir=os.path.join(model_dir, "inference_eval"),
+          num_examples=infer_eval_examples)
+    return evaluator.evaluate(trainable.merge(state.params, frozen), step)
+
+  untrained = None
+  if eval_untrained and start == 0 and infer_eval_dataset_cfg is not None:
+    untrained = inference_eval(0)
+
   def record(step: int, metrics: dict[str, Any]) -> None:
     trainer.check_finite(metrics, step)
     period.add(metrics)
     rate = throughput.step()
-    lr = optimizers.learning_rate(state.opt_state)
+    # From the step's own metrics: reading `state` here would wait for the
+    # step dispatched after this one, and the loop would stop overlapping
+    # the next batch's preparation with the running step.
+    lr = (float(metrics["learning_rate"]) if "learning_rate" in metrics
+          else optimizers.learning_rate(state.opt_state))
     progress.update(step, float(metrics["loss"]) / max(
         float(metrics["weight_sum"]), 1.0), lr, rate)
     if step % log_period == 0 or step == total_steps:
@@ -232,11 +260,7 @@ def train(*, model_dir: str = gin.REQUIRED,
           writers.write("training_eval", step, scalars)
           last["training_eval"] = scalars
         if infer_eval_dataset_cfg is not None:
-          if evaluator is None:
-            evaluator = evaluation.Evaluator(
-                model, infer_eval_dataset_cfg, mesh,
-                log_dir=os.path.join(model_dir, "inference_eval"))
-          last["inference_eval"] = evaluator.evaluate(params, step)
+          last["inference_eval"] = inference_eval(step)
     saved_steps = checkpoints.all_steps()
   finally:
     progress.close()
@@ -248,7 +272,13 @@ def train(*, model_dir: str = gin.REQUIRED,
   for kind, values in last.items():
     if kind == "inference_eval":
       for task, metrics in values.items():
-        end[f"{kind} {task}"] = summaries.format_metrics(metrics)
+        if untrained and task in untrained:
+          end[f"{kind} {task} untrained (step 0)"] = (
+              summaries.format_metrics(untrained[task]))
+          end[f"{kind} {task} trained (step {total_steps})"] = (
+              summaries.format_metrics(metrics))
+        else:
+          end[f"{kind} {task}"] = summaries.format_metrics(metrics)
     else:
       end[kind] = summaries.format_metrics(values)
   end["checkpoints"] = ", ".join(f"checkpoint_{s}"
@@ -261,6 +291,10 @@ def train(*, model_dir: str = gin.REQUIRED,
                       "{train,training_eval,inference_eval} "
                       "(TensorBoard + metrics.jsonl)")
   summaries.screen(f"done: step {total_steps}", end)
+  if show_examples and evaluator is not None and jax.process_index() == 0:
+    summaries.print_examples(
+        evaluator.examples(total_steps, show_examples),
+        evaluator.examples(0, show_examples) if untrained else None)
   return TrainResult(int(state.step), last,
                      trainable.merge(state.params, frozen))
 

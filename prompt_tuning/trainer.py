@@ -67,6 +67,16 @@ def _split_microbatches(batch: Batch, num_microbatches: int) -> Batch:
   return jax.tree.map(lambda x: split(jnp.asarray(x)), dict(batch))
 
 
+def _learning_rate(opt_state: Any) -> Optional[jax.Array]:
+  """The learning rate an `optax.inject_hyperparams` state holds (the one
+  its last update used; `optimizers.learning_rate` reads the same), or None.
+  """
+  hyperparams = getattr(opt_state, "hyperparams", None)
+  if not hyperparams or "learning_rate" not in hyperparams:
+    return None
+  return hyperparams["learning_rate"]
+
+
 def make_train_step(model: model_wrappers.BaseModel,
                     optimizer: optax.GradientTransformation,
                     num_microbatches: int = 1, *,
@@ -78,6 +88,10 @@ def make_train_step(model: model_wrappers.BaseModel,
   The loss is summed over microbatches (T5X's accumulation: with the default
   unnormalized loss, k microbatches give exactly the full batch's gradient).
   `dropout_rng` None trains without dropout. The state buffers are donated.
+  The metrics include the update's `learning_rate` when the optimizer keeps
+  it in its state, so the loop can read it with the step's other metrics,
+  one step late, without waiting for the step after (whose dispatch
+  donates this step's state).
   With a `mesh`, the step is traced on it under `rules`, so the models'
   activation sharding constraints (logical axis names) take effect.
   """
@@ -128,6 +142,9 @@ def make_train_step(model: model_wrappers.BaseModel,
     new = jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, state)
     metrics = dict(metrics, loss=loss, finite=finite,
                    grad_norm=optax.tree.norm(grads))
+    learning_rate = _learning_rate(new.opt_state)
+    if learning_rate is not None:
+      metrics["learning_rate"] = learning_rate
     return new, metrics
 
   if mesh is not None:

@@ -89,3 +89,41 @@ def test_train_step_on_two_data_devices_computes_the_same_loss(tmp_path):
   assert two["data_devices"] == 2
   np.testing.assert_allclose(two["rows"][0]["loss_ours"],
                              one["rows"][0]["loss_ours"], rtol=1e-5)
+
+
+def test_pretrain_throughput_times_the_loops_own_step(tmp_path):
+  payload = _run("pretrain_throughput", tmp_path)
+  rows = {r["model"]: r for r in payload["rows"]}
+  assert set(rows) == {"bible_t5_tiny", "demo"}
+  for name, row in rows.items():
+    # The compute-bound run's first step repeats the loop's first step
+    # (same initial state, batch, dropout key and compiled function), so
+    # its loss is the one the loop computed and logged (log_period 1).
+    np.testing.assert_allclose(row["loss_step1_compute"],
+                               row["loss_step1_logged"], rtol=1e-5)
+    np.testing.assert_allclose(row["loss_step1_pipeline"],
+                               row["loss_step1_logged"], rtol=1e-5)
+    shapes = row["shapes"]
+    assert row["batch"] == 4  # --small's BATCH_SIZE
+    assert row["positions_per_step"] == 4 * (
+        shapes["encoder_input_tokens"][1]
+        + shapes["decoder_target_tokens"][1]), name
+    assert len(row["weight_sums"]) == row["steps"]
+    assert 0 < row["loss_tokens_per_step"] <= (
+        4 * shapes["decoder_target_tokens"][1]), name
+    assert row["timed_steps"] == row["steps"] - row["log_period"] - 1
+    assert math.isfinite(row["overhead"]) and row["overhead"] < 1
+    np.testing.assert_allclose(
+        row["overhead"], 1 - row["compute_s"] / row["pipeline_s"])
+    # Our FLOP count of the step agrees with XLA's (which also counts the
+    # element-wise work that a 66k-parameter model is mostly made of).
+    assert 0.8 < row["xla_gflop"] / row["gflop"] < 1.5, name
+  # The recipe's lengths: 128 inputs, 32 targets (span corruption).
+  assert rows["bible_t5_tiny"]["shapes"]["decoder_target_tokens"] == [4, 32]
+  assert rows["bible_t5_tiny"]["method"] == "ModelTuning"
+  assert rows["demo"]["method"] == "PromptTuning"
+  profile = rows["demo"]["profile"]
+  assert profile["steps"] == rows["demo"]["timed_steps"]
+  parts = {r["part"]: r["ms_per_step"] for r in profile["rows"]}
+  assert all(v >= 0 for v in parts.values())
+  assert parts["total (profiled wall)"] > 0

@@ -322,3 +322,25 @@ def test_a_vocabulary_larger_than_the_embedding_table_is_rejected(tmp_path):
   with pytest.raises(ValueError, match="has 259 ids.*has 128 rows"):
     run(tmp_path / "run", total_steps=1)
   assert not (tmp_path / "run").exists()
+
+
+def test_the_end_screen_compares_untrained_and_trained_with_examples(
+    tiny_base, tmp_path, capsys):
+  """eval_untrained evaluates before the first step; the end screen shows
+  both metrics and held-out examples with the output before and after."""
+  bind_model(tiny_base)
+  eval_cfg = data.DatasetConfig(TASK, LENGTHS, "validation", 8, False)
+  run(tmp_path / "run", total_steps=2, eval_period=2,
+      train_eval_dataset_cfg=None, infer_eval_dataset_cfg=eval_cfg,
+      eval_untrained=True, infer_eval_examples=8, show_examples=2)
+  out = capsys.readouterr().out
+  assert f"inference_eval {TASK} untrained (step 0)" in out
+  assert f"inference_eval {TASK} trained (step 2)" in out
+  examples = out.split(f"== examples: {TASK} (held out)")[1]
+  assert examples.count("reference") == 2
+  assert examples.count("before") == 2 and examples.count("after") == 2
+  logged = sorted(p.name for p in (tmp_path / "run" / "inference_eval")
+                  .glob(f"{TASK}-0*.jsonl"))
+  assert logged == [f"{TASK}-000000.jsonl", f"{TASK}-000002.jsonl"]
+  lines = (tmp_path / "run" / "inference_eval" / logged[0]).read_text()
+  assert len(lines.splitlines()) == 8  # infer_eval_examples
