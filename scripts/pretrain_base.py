@@ -219,9 +219,9 @@ def model_card(info: dict[str, Any]) -> str:
            if c["architecture"] == "encoder_decoder"
            else f"{c['num_decoder_layers']} layers")
   rows = "\n".join(
-      f"| {s['run']} | {s['objective']} | {s['steps']:,} | {s['batch']} | "
-      f"{s['target_tokens_seen']:,} | {s['seconds'] / 60:.1f} |"
-      for s in info["stages"])
+      f"| {s['run']} | {s['objective']} | {s['steps']:,} | "
+      f"{s['batch'].split()[0]} | {s['target_tokens_seen']:,} | "
+      f"{s['seconds'] / 60:.1f} |" for s in info["stages"])
   commands = "\n".join(s["command"] for s in info["stages"])
   return f"""# {info['name']}
 
@@ -244,6 +244,7 @@ working offline. It is small: a demonstration base, not a general model.
   a random init of the same shape: {info['random_init_heldout_loss']}.
 * **Format:** T5X checkpoint, bfloat16, zstd (`{info['checkpoint']}`).
 * **License:** {info['license']}.
+{('* **Note:** ' + info['note']) if info.get('note') else ''}
 
 | run | objective | steps | batch | target tokens seen | minutes |
 |---|---|---|---|---|---|

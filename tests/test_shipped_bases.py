@@ -73,7 +73,7 @@ def test_a_base_learned_its_objective(name):
       mixture_or_task_name=info["heldout_task"],
       task_feature_lengths=info["heldout_lengths"], split="validation",
       batch_size=16, shuffle=False)
-  mesh = partitioning.make_mesh(data=1, model=1)
+  mesh = partitioning.make_mesh(data=1, model=1, num_devices=1)
   model, variables = pt.load_pretrained(name)
   trained = evaluation.training_eval(model, variables["params"], cfg, mesh,
                                      3)["cross_ent_loss"]
