@@ -92,7 +92,7 @@ def test_every_run_and_recipe_file_parses_and_finalizes(name):
 
 @pytest.mark.parametrize("name", _shipped("runs"))
 def test_runs_name_their_required_macros(name):
-  if name == "runs/demo.gin":
+  if name in ("runs/demo.gin", "runs/translate_bible.gin"):
     _parse([name], [])  # complete as shipped
     return
   files = COMPANIONS.get(name, PROMPT_T5) + [name]
