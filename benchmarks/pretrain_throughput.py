@@ -9,13 +9,16 @@ For each shape, two rates of the same compiled training step:
   progress and summaries. Its time per step is the mean dispatch-to-dispatch
   interval of the steps after the first log period (which holds the
   compilation), up to the last step's dispatch (its checkpoint is left
-  out). `train/metrics.jsonl`'s examples_per_second over the same periods
-  is kept beside it.
+  out). (`train/metrics.jsonl`'s examples_per_second is no measure here:
+  its windows hold the compute-bound chunks below.)
 * compute-bound: the very function the loop stepped with (captured from
   `trainer.make_train_step`, so the same model, optimizer, mesh, batch shape
   and compiled program), fed the run's first batch from memory, starting
   from a copy of the run's initial state: no input pipeline. The median of
-  `--reps` steps after warm-up (common.time_alternating).
+  `--reps` steps after warm-up (common.time_alternating), run in chunks
+  between the loop's log periods (the loop waits while one runs; that
+  iteration is left out of its time) and after it, so that both rates see
+  the same drift in the machine's load.
 * input alone: the same training split through tf.data and
   `data.to_global` with nothing else running: what the input could feed.
 
@@ -149,9 +152,18 @@ class Capture:
   runs, to keep what the compute-bound run needs (the jitted step itself,
   a copy of the initial state, the first batch and dropout key) and to
   stamp every step's dispatch. A Python call and a list append per step:
-  nothing that syncs with the device."""
+  nothing that syncs with the device.
 
-  def __init__(self, profile_from: Optional[int] = None):
+  `chunk_at`: before dispatching these steps, wait for the loop's last step
+  and call `chunk()` (a run of compute-bound steps), so that the two rates
+  are measured in turn, A B A B, as common.py's protocol has it: on a
+  machine whose load drifts, both see the same drift. The loop's iteration
+  that holds a chunk is left out of the pipeline's time (`chunked`).
+  """
+
+  def __init__(self, profile_from: Optional[int] = None,
+               chunk_at: Sequence[int] = (),
+               chunk: Optional[Callable[["Capture"], None]] = None):
     self.step_fn: Optional[Callable[..., Any]] = None
     self.model: Any = None
     self.dataset_cfg: Any = None
@@ -163,6 +175,8 @@ class Capture:
     self.stamps: list[float] = []
     self.metrics: list[dict[str, Any]] = []
     self.call_s: list[float] = []
+    self.chunk_at, self.chunk = set(chunk_at), chunk
+    self.chunked: set[int] = set()
     self.profile_from = profile_from
     self.profiler: Optional[cProfile.Profile] = None
     self.profiled_steps = 0
@@ -195,8 +209,12 @@ class Capture:
       self.step_fn, self.mesh = fn, kwargs.get("mesh")
 
       def step(state, frozen, batch, rng):
-        now = time.perf_counter()
         number = len(self.stamps) + 1
+        if number in self.chunk_at and self.chunk is not None:
+          jax.block_until_ready(state)
+          self.chunk(self)
+          self.chunked.add(number)
+        now = time.perf_counter()
         self.stamps.append(now)
         if number == 1:
           self.first_batch, self.first_rng = batch, rng
@@ -372,51 +390,65 @@ def bench_model(name: str, args, peak: float, workdir: str,
   print(f"[{name}] python -m prompt_tuning.train " + " ".join(
       a if "=" not in a else a.split("=", 1)[0] + "=" + json.dumps(
           a.split("=", 1)[1]) for a in argv), flush=True)
-  capture = Capture()
-  t0 = time.perf_counter()
-  run_train(argv, capture, steps)
-  run_s = time.perf_counter() - t0
-  logged = read_jsonl(os.path.join(model_dir, "train", "metrics.jsonl"))
-  batch_size = int(capture.first_batch["decoder_target_tokens"].shape[0])
-  # The loop waits for each step before it starts the next (its metric
-  # reads), so dispatch-to-dispatch is one whole iteration: steps
-  # P+1 .. T-1 after the first log period P, each up to the next dispatch
-  # (the last step's checkpoint is left out).
-  gaps = np.diff(capture.stamps[args.log_period:])
-  pipeline_s = float(np.mean(gaps))
-  # metrics.jsonl's own rate, for comparison: the periods after the first,
-  # less the last, whose window is one loop iteration short (train.record
-  # reads step T at once, every other step one iteration late).
-  windows = [r for r in logged[1:-1]]
-  logged_s = (None if not windows else batch_size * sum(
-      1.0 / r["examples_per_second"] for r in windows) / len(windows))
-  weights = [float(m["weight_sum"]) for m in capture.metrics]
-  loss_tokens = float(np.mean(weights[args.log_period:]))
-  pipeline_loss_step1 = float(capture.metrics[0]["loss"])
-  logged_loss_step1 = (logged[0]["loss"] if args.log_period == 1 else None)
-  compile_s = capture.call_s[0]
-  # Let tf.data's threads wind down before anything runs alone.
-  gc.collect()
-  time.sleep(0.5)
-  alone = input_alone(capture, args.reps, args.warmup)
-  gc.collect()
-  time.sleep(0.5)
-
-  # Compute-bound: the same jitted step, the first batch from memory.
-  box = {"state": capture.init_state}
-  fn, frozen = capture.step_fn, capture.frozen
-  batch, rng = capture.first_batch, capture.first_rng
+  # Compute-bound: the loop's own jitted step from a copy of its initial
+  # state, on its first batch from memory; in chunks at the start of each
+  # timed log period and after the loop (A B A B ...). The first chunk's
+  # first step repeats the loop's step 1: the loss check.
+  period = args.log_period
+  chunk_at = ([k * period + 1 for k in range(1, args.periods + 1)]
+              if period > 1 else [period + 1])
+  chunks = len(chunk_at) + 1
+  per_chunk = max(1, -(-args.reps // chunks))
+  box: dict[str, Any] = {"times": []}
 
   def run() -> None:
-    box["state"], metrics = fn(box["state"], frozen, batch, rng)
+    c = box["capture"]
+    box["state"], metrics = c.step_fn(box["state"], c.frozen, c.first_batch,
+                                      c.first_rng)
     jax.block_until_ready((box["state"], metrics))
     box.setdefault("first_loss", float(metrics["loss"]))
 
-  run()  # step 1 again: the loss check; then warm-up and timed steps
-  # No pause: the loop runs its steps back to back, and so does this.
-  times = common.time_alternating({"compute": run}, args.reps, args.warmup,
-                                  pause=0.0)["compute"]
+  def chunk(c: Capture) -> None:
+    if "state" not in box:
+      box["capture"], box["state"] = c, c.init_state
+      run()  # step 1 again
+      warmup = args.warmup
+    else:
+      warmup = min(args.warmup, 1)
+    # No pause: the loop runs its steps back to back, and so does this.
+    box["times"] += common.time_alternating(
+        {"compute": run}, per_chunk, warmup, pause=0.0)["compute"]
+
+  capture = Capture(chunk_at=chunk_at, chunk=chunk)
+  t0 = time.perf_counter()
+  run_train(argv, capture, steps)
+  run_s = time.perf_counter() - t0
+  # Let tf.data's threads wind down; the last chunk.
+  gc.collect()
+  time.sleep(0.5)
+  chunk(capture)
+  times = box["times"]
   compute_s = common.median(times)
+  fn, frozen = capture.step_fn, capture.frozen
+  batch, rng = capture.first_batch, capture.first_rng
+  logged = read_jsonl(os.path.join(model_dir, "train", "metrics.jsonl"))
+  batch_size = int(batch["decoder_target_tokens"].shape[0])
+  # The loop's time per step: dispatch to dispatch of the steps after the
+  # first log period P, P+1 .. T (the last step's checkpoint is left out),
+  # less the iterations that held a compute-bound chunk.
+  stamps = capture.stamps
+  gaps = np.asarray([stamps[k] - stamps[k - 1]
+                     for k in range(period + 1, steps)
+                     if k + 1 not in capture.chunked])
+  pipeline_s = float(np.mean(gaps))
+  weights = [float(m["weight_sum"]) for m in capture.metrics]
+  loss_tokens = float(np.mean(weights[period:]))
+  pipeline_loss_step1 = float(capture.metrics[0]["loss"])
+  logged_loss_step1 = logged[0]["loss"] if period == 1 else None
+  compile_s = capture.call_s[0]
+  gc.collect()
+  time.sleep(0.5)
+  alone = input_alone(capture, args.reps, args.warmup)
   try:
     xla_flops = float(fn.lower(box["state"], frozen, batch, rng)
                       .cost_analysis()["flops"])
@@ -440,7 +472,7 @@ def bench_model(name: str, args, peak: float, workdir: str,
       "compile_s": compile_s, "run_s": run_s,
       "dispatch_s": list(capture.call_s),
       "pipeline_s": pipeline_s, "pipeline_median_s": float(np.median(gaps)),
-      "logged_s": logged_s, "compute_s": compute_s,
+      "compute_s": compute_s,
       "input_tfdata_s": alone["tfdata_s"],
       "input_to_global_s": alone["to_global_s"],
       "overhead": 1.0 - compute_s / pipeline_s,
@@ -458,6 +490,7 @@ def bench_model(name: str, args, peak: float, workdir: str,
       "loss_step1_pipeline": pipeline_loss_step1,
       "loss_step1_logged": logged_loss_step1,
       "loss_step1_compute": box["first_loss"],
+      "compute_chunks_at_steps": chunk_at,
       "weight_sums": weights, "times_compute": times, "logged": logged,
       "loop_gaps_s": [float(g) for g in gaps],
       "stderr_tty": sys.stderr.isatty(),
