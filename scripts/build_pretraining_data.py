@@ -88,8 +88,13 @@ VALIDATION_SALT = "pretrain_validation:"
 PASSAGE_WORDS = 80
 MIN_PASSAGE_WORDS = 40
 MAX_PASSAGE_WORDS = 120
-# Share of all documents that are bilingual (see tasks/data/README.md).
-BILINGUAL_SHARE = 0.10
+# Share of all documents that are bilingual, and their passages' length
+# per language: short enough that both halves fit in one pretraining window
+# (prefix LM 64+64 tokens, span corruption 128), so every bilingual document
+# shows a passage beside its translation (see tasks/data/README.md).
+BILINGUAL_SHARE = 0.30
+BILINGUAL_PASSAGE_WORDS = 25
+MAX_BILINGUAL_PASSAGE_WORDS = 45
 BILINGUAL_SALT = "bilingual:"
 
 HELDOUT_COLUMNS = ("ref", "set")
@@ -263,12 +268,13 @@ def runs(refs: Sequence[str], kept: set[str]) -> Iterator[list[str]]:
     yield run
 
 
-def chunk(run: Sequence[str], words: Mapping[str, int]) -> list[list[str]]:
-  """A run of verses cut into round(total / PASSAGE_WORDS) passages (at
+def chunk(run: Sequence[str], words: Mapping[str, int],
+          target_words: int = PASSAGE_WORDS) -> list[list[str]]:
+  """A run of verses cut into round(total / target_words) passages (at
   least one) of about equal length: each cut at the verse end nearest its
   share of the words."""
   total = sum(words[ref] for ref in run)
-  parts = max(1, round(total / PASSAGE_WORDS))
+  parts = max(1, round(total / target_words))
   passages, current, done = [], [], 0
   for ref in run:
     target = (len(passages) + 1) * total / parts
@@ -337,10 +343,11 @@ def build(records: Mapping[str, Mapping[str, str]],
       chapter_of(ref) for v in VERSIONS for ref in records[v.key]))}
   rank = {v.key: i for i, v in enumerate(VERSIONS)}
 
-  def passages(version: Version, consumed: set[str]) -> list[list[str]]:
+  def passages(version: Version, consumed: set[str],
+               target_words: int = PASSAGE_WORDS) -> list[list[str]]:
     usable = set(kept[version.key]) - consumed
     return [p for run in runs(list(records[version.key]), usable)
-            for p in chunk(run, words[version.key])]
+            for p in chunk(run, words[version.key], target_words)]
 
   def document(parts: Sequence[tuple[Version, Sequence[str]]]
                ) -> dict[str, object]:
@@ -356,35 +363,45 @@ def build(records: Mapping[str, Mapping[str, str]],
         "_first": refs[0],  # for sorting; removed before writing
     }
 
-  # Bilingual documents start from the Spanish passages: each picks an
+  # Bilingual documents start from short Spanish passages: each picks an
   # English version and an order by its hash, and qualifies when that
-  # version has the same verses, aligned, of comparable length.
-  spanish = passages(RV1909, set())
+  # version has the same verses, aligned, of comparable length, and both
+  # sides are at most MAX_BILINGUAL_PASSAGE_WORDS.
   eligible = []
-  for refs in spanish:
+  for refs in passages(RV1909, set(), BILINGUAL_PASSAGE_WORDS):
     digest = hashlib.sha256(
         (BILINGUAL_SALT + passage_id([RV1909.key], refs)).encode()).digest()
     english = ENGLISH[digest[0] % 2]
     if all(r in aligned[english.key] and r in words[english.key] and
            _ratio_ok(texts[english.key][r], texts[RV1909.key][r])
-           for r in refs):
+           for r in refs) and max(
+               sum(words[v.key][r] for r in refs)
+               for v in (english, RV1909)) <= MAX_BILINGUAL_PASSAGE_WORDS:
       eligible.append((digest, english, refs))
-  # Each bilingual document replaces about one Spanish and one English
-  # passage, so with M monolingual passages B bilingual ones make a share
-  # of B / (M - B).
-  monolingual = len(spanish) + sum(len(passages(v, set())) for v in ENGLISH)
-  count = round(BILINGUAL_SHARE * monolingual / (1 + BILINGUAL_SHARE))
-  chosen = sorted(eligible, key=lambda e: e[0])[:count]
-  consumed = {v.key: set() for v in VERSIONS}
-  documents = []
-  for digest, english, refs in chosen:
-    consumed[english.key].update(refs)
-    consumed[RV1909.key].update(refs)
-    parts = [(english, refs), (RV1909, refs)]
-    documents.append(document(parts if digest[1] % 2 else parts[::-1]))
-  for v in VERSIONS:
-    documents += [document([(v, refs)])
-                  for refs in passages(v, consumed[v.key])]
+  eligible.sort(key=lambda e: e[0])
+
+  def assemble(count: int) -> list[dict[str, object]]:
+    consumed = {v.key: set() for v in VERSIONS}
+    documents = []
+    for digest, english, refs in eligible[:count]:
+      consumed[english.key].update(refs)
+      consumed[RV1909.key].update(refs)
+      parts = [(english, refs), (RV1909, refs)]
+      documents.append(document(parts if digest[1] % 2 else parts[::-1]))
+    for v in VERSIONS:
+      documents += [document([(v, refs)])
+                    for refs in passages(v, consumed[v.key])]
+    return documents
+
+  # The bilingual documents use up verses the monolingual passages would
+  # have held, so the count that makes BILINGUAL_SHARE of all documents is
+  # found by a few fixed-point rounds: count = share * all documents.
+  count = 0
+  for _ in range(4):
+    monolingual = len(assemble(count)) - count
+    count = min(len(eligible), round(
+        BILINGUAL_SHARE * monolingual / (1 - BILINGUAL_SHARE)))
+  documents = assemble(count)
 
   documents.sort(key=lambda doc: (
       order[chapter_of(doc["_first"])], verse_number(doc["_first"]),

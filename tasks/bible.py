@@ -1,7 +1,7 @@
 """Tasks on the shipped Bible corpus, in the shipped bases' vocabulary.
 
 Pretraining (data/pretrain_bible.jsonl.gz: passages of the WEB, KJV and
-Reina-Valera 1909, about 10% of them bilingual; see data/README.md):
+Reina-Valera 1909, about 30% of them bilingual; see data/README.md):
 
 * `bible_span_corruption`: T5's objective (noise 0.15, mean span 3);
 * `bible_prefix_lm`: LM adaptation (a prefix in, its continuation out);

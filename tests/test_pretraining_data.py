@@ -23,7 +23,8 @@ HELDOUT = DATA / "heldout_refs.txt"
 DEMO = DATA / "bible_en_es.tsv.gz"
 README = DATA / "README.md"
 # As tasks/data/README.md states them.
-BILINGUAL_SHARE = 0.10
+BILINGUAL_SHARE = 0.30
+MAX_BILINGUAL_PASSAGE_WORDS = 45
 VALIDATION_SHARE = 0.02
 DOWNSTREAM_HELDOUT = 1000
 FIELDS = ("id", "split", "kind", "langs", "versions", "text")
@@ -142,6 +143,17 @@ def test_bilingual_share_is_as_documented():
   assert share == pytest.approx(BILINGUAL_SHARE, abs=0.01)
   assert f"{BILINGUAL_SHARE:.0%} of the documents are bilingual" in (
       README.read_text(encoding="utf-8"))
+
+
+def test_a_bilingual_document_fits_one_pretraining_window():
+  """Both sides are short (at most MAX_BILINGUAL_PASSAGE_WORDS words), so
+  one span-corruption or prefix-LM window holds a passage and its
+  translation together."""
+  sides = [len(side.split()) for doc in documents()
+           if doc["kind"] == "bilingual"
+           for side in str(doc["text"]).split("\n")]
+  assert max(sides) <= MAX_BILINGUAL_PASSAGE_WORDS
+  assert 20 <= sum(sides) / len(sides) <= 30
 
 
 def test_splits_are_disjoint():
