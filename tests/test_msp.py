@@ -57,11 +57,12 @@ def _msp_params(model, seed=0):
 
 
 @functools.cache
-def _model_and_params(name):
+def _model_and_params(name, **method_kwargs):
   """The model and params: frozen leaves drawn N(0, 0.3^2) (norm scales
   around 1) on the host, so that biases, norm offsets and GPT-2's position
-  embeddings all matter; no compile needed."""
-  model = _build(name)
+  embeddings all matter; no compile needed. The frozen leaves do not depend
+  on the method's options."""
+  model = _build(name, **method_kwargs)
   shapes = jax.eval_shape(lambda: model.get_initial_variables(
       jax.random.PRNGKey(0), {"encoder_input_tokens": (1, 4),
                               "decoder_input_tokens": (1, 4)}))
@@ -125,12 +126,13 @@ def _method(model, method):
 
 def _prompt(params, stage, xp=np):
   """Stage `stage`'s effective prompt max(alpha, 1) * phi (float64 NumPy,
-  or traceable with xp=jnp)."""
+  or traceable with xp=jnp); a shared prompt is stage 0's for all."""
   phi = params["msp"]["prompts"]
-  alpha = params["msp"]["scales"][stage]
+  index = 0 if phi.shape[0] == 1 else stage
+  alpha = params["msp"]["scales"][index]
   if xp is np:
     phi, alpha = np.asarray(phi, np.float64), float(alpha)
-  return xp.maximum(alpha, 1.0) * phi[0 if phi.shape[0] == 1 else stage]
+  return xp.maximum(alpha, 1.0) * phi[index]
 
 
 # ----------------------------------------------------------------------------
@@ -163,7 +165,9 @@ def _prompt_prefix(params, stage, carried=None, valid=None):
 
 
 def _manual_msp(config, params, batch, num_reencoding_stages=1):
-  """MSP composed by hand from the plain decoder: (source KVs, logits)."""
+  """MSP composed by hand, stage by stage, from the plain decoder (every
+  attention through the library's one primitive) with each stage's prompt
+  as an explicit past: (source KVs, logits)."""
   source = jnp.asarray(batch["encoder_input_tokens"])
   valid = source > 0
   b, ls = source.shape
@@ -174,15 +178,15 @@ def _manual_msp(config, params, batch, num_reencoding_stages=1):
   _, kv = _decoder_stage(config, params, embed(source), source_mask,
                          _prompt_prefix(params, msp.ENCODING))
   kvs = [kv]
-  for _ in range(num_reencoding_stages):
+  for i in range(num_reencoding_stages):
     _, kv = _decoder_stage(config, params, embed(source), source_mask,
-                           _prompt_prefix(params, msp.REENCODING, kv, valid))
+                           _prompt_prefix(params, 1 + i, kv, valid))
     kvs.append(kv)
   targets_in = jnp.asarray(batch["decoder_input_tokens"]).at[:, 0].set(SEP)
   logits, _ = _decoder_stage(
       config, params, embed(targets_in),
       masks.causal_mask(b, targets_in.shape[1]),
-      _prompt_prefix(params, msp.DECODING, kv, valid))
+      _prompt_prefix(params, 1 + num_reencoding_stages, kv, valid))
   return kvs, logits
 
 
@@ -269,54 +273,80 @@ def _gpt2_reference(dec, tokens, positions, mask, past, past_valid):
   return x @ dec["token_embedder"]["embedding"].T, kvs
 
 
-def _gpt2_msp_reference(params, source, decoder_inputs, target_offset=0):
-  """MSP for one example, stage by stage, in NumPy.
+def _plm4mt_prompts(params):
+  """Our phi and alpha as PLM4MT holds them: prompts [S, 2 * layers, P, H]
+  (row 2j the keys, 2j + 1 the values of layer j), scales [S]."""
+  phi = np.asarray(params["msp"]["prompts"], np.float64)
+  stages, layers, _, length, heads, head_dim = phi.shape
+  return (phi.reshape(stages, 2 * layers, length, heads * head_dim),
+          np.asarray(params["msp"]["scales"], np.float64))
+
+
+def _gpt2_msp_reference(params, source, decoder_inputs,
+                        num_reencoding_stages=1, target_offset=0):
+  """MSP for one example, stage by stage, in NumPy, with the prompts read
+  the way PLM4MT reads them: encoding stage 0, re-encoding pass i stage
+  1 + i, decoding the last stage; a shared prompt is stage 0 throughout.
 
   Positions restart at 0 in each stage; `target_offset` shifts stage 3's
-  (to show the test can tell). Returns (stage-1 KV, stage-2 KV, logits).
+  (to show the test can tell). Returns (every source stage's KV, logits).
   """
   dec = jax.tree.map(lambda x: np.asarray(x, np.float64), params["decoder"])
+  prompts, scales = _plm4mt_prompts(params)
+  shared = prompts.shape[0] == 1
+  cfg = CONFIGS["gpt2"]
   valid = source > 0
   ls = len(source)
   source_mask = np.tril(np.ones((ls, ls), bool)) & valid[None]
 
   def past(stage, carried):
-    prompt = _prompt(params, stage)
+    scale = max(scales[stage], 1.0)
+    split = lambda x: (scale * x).reshape(P, cfg.num_heads, cfg.head_dim)
+    layers = [(split(prompts[stage, 2 * j]), split(prompts[stage, 2 * j + 1]))
+              for j in range(cfg.num_decoder_layers)]
     if carried is None:
-      return [(pl[0], pl[1]) for pl in prompt], np.ones(P, bool)
-    return ([(np.concatenate([pl[0], k]), np.concatenate([pl[1], v]))
-             for pl, (k, v) in zip(prompt, carried)],
+      return layers, np.ones(P, bool)
+    return ([(np.concatenate([pk, k]), np.concatenate([pv, v]))
+             for (pk, pv), (k, v) in zip(layers, carried)],
             np.concatenate([np.ones(P, bool), valid]))
 
-  _, kv1 = _gpt2_reference(dec, source, np.arange(ls), source_mask,
-                           *past(msp.ENCODING, None))
-  _, kv2 = _gpt2_reference(dec, source, np.arange(ls), source_mask,
-                           *past(msp.REENCODING, kv1))
+  _, kv = _gpt2_reference(dec, source, np.arange(ls), source_mask,
+                          *past(0, None))
+  kvs = [kv]
+  for i in range(num_reencoding_stages):
+    _, kv = _gpt2_reference(dec, source, np.arange(ls), source_mask,
+                            *past(0 if shared else 1 + i, kv))
+    kvs.append(kv)
   tokens = np.array(decoder_inputs)
   tokens[0] = SEP
   lt = len(tokens)
   logits, _ = _gpt2_reference(
       dec, tokens, np.arange(lt) + target_offset,
-      np.tril(np.ones((lt, lt), bool)), *past(msp.DECODING, kv2))
-  return kv1, kv2, logits
+      np.tril(np.ones((lt, lt), bool)), *past(-1, kv))
+  return kvs, logits
 
 
-def test_gpt2_stages_equal_numpy_reference(gpt2):
-  model, params = gpt2
+def _assert_equals_numpy_reference(model, params, num_reencoding_stages=1):
   batch = _batch()
   states, logits = _forward(model)(params, batch)
+  assert len(states) == 1 + num_reencoding_stages
   for b in range(2):
     source = batch["encoder_input_tokens"][b]
     valid = source > 0
-    kv1, kv2, want = _gpt2_msp_reference(
-        params, source, batch["decoder_input_tokens"][b])
-    for state, kvs in zip(states, (kv1, kv2)):
-      for layer, (k, v) in enumerate(kvs):
+    kvs, want = _gpt2_msp_reference(
+        params, source, batch["decoder_input_tokens"][b],
+        num_reencoding_stages)
+    for state, stage_kvs in zip(states, kvs):
+      for layer, (k, v) in enumerate(stage_kvs):
         np.testing.assert_allclose(state.key[b, layer][valid], k[valid],
                                    rtol=1e-4, atol=1e-5)
         np.testing.assert_allclose(state.value[b, layer][valid], v[valid],
                                    rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(logits[b], want, rtol=1e-4, atol=1e-4)
+
+
+def test_gpt2_stages_equal_numpy_reference(gpt2):
+  _assert_equals_numpy_reference(*gpt2)
 
 
 def test_positions_restart_at_zero_in_every_stage(gpt2):
@@ -532,34 +562,78 @@ def test_scales_below_one_act_as_one_and_two_doubles(gpt2):
     assert np.abs(doubled - base).max() > 1e-3
 
 
-def test_shared_prompt_equals_three_equal_prompts(gpt2):
+def test_shared_prompt_is_one_phi_and_one_scale_for_every_stage(gpt2):
+  """PLM4MT's share_prompt: phi [1, ...] and alpha [1] serve all stages."""
   model, params = gpt2
-  shared = _build("gpt2", shared_prompt=True)
-  shared_msp = _msp_params(shared)
-  phi = shared_msp["prompts"]
+  shared, shared_params = _model_and_params("gpt2", shared_prompt=True)
+  phi = shared_params["msp"]["prompts"]
   assert phi.shape == (1,) + PROMPT_SHAPE
-  assert shared_msp["scales"].shape == (3,)
-  assert shared.method.num_params(CONFIGS["gpt2"]) == phi.size + 3
+  assert shared_params["msp"]["scales"].shape == (1,)
+  assert shared.method.num_params(CONFIGS["gpt2"]) == phi.size + 1
+  assert msp.MultiStagePrompting(
+      length=P, separator_id=SEP, shared_prompt=True,
+      num_reencoding_stages=2).num_params(CONFIGS["gpt2"]) == phi.size + 1
   batch = _batch()
-  unshared = {**params, "msp": {"prompts": jnp.concatenate([phi] * 3),
-                                "scales": shared_msp["scales"]}}
-  np.testing.assert_allclose(
-      _logits(shared, {**params, "msp": shared_msp}, batch),
-      _logits(model, unshared, batch), atol=1e-6)
+  for alpha in (1.0, 2.0):
+    got = _logits(shared, _with_scales(shared_params, [alpha]), batch)
+    three = {**params, "msp": {"prompts": jnp.concatenate([phi] * 3),
+                               "scales": jnp.full((3,), alpha)}}
+    np.testing.assert_allclose(got, _logits(model, three, batch), atol=1e-6)
+  _assert_equals_numpy_reference(shared, _with_scales(shared_params, [2.0]))
 
 
-def test_two_reencoding_stages(setup):
-  name, model, params = setup
-  twice = _build(name, num_reencoding_stages=2)
+@pytest.fixture(scope="module", params=sorted(CONFIGS))
+def twice(request):
+  """n = 2 re-encoding passes: 4 stages."""
+  return (request.param,) + _model_and_params(request.param,
+                                               num_reencoding_stages=2)
+
+
+def test_two_reencoding_stages_equal_step_by_step_composition(twice):
+  """Each pass has its own prompt: encoding 0, passes 1 and 2, decoding 3."""
+  name, model, params = twice
+  assert params["msp"]["prompts"].shape == (4,) + PROMPT_SHAPE
+  assert params["msp"]["scales"].shape == (4,)
   batch = _batch()
   valid = batch["encoder_input_tokens"] > 0
   kvs, logits = _manual(name, 2)(params, batch)
-  states, got = _forward(twice)(params, batch)
+  states, got = _forward(model)(params, batch)
   assert len(states) == 3
   for state, kv in zip(states, kvs):
     _assert_source_kv_equal(state, kv, valid)
   np.testing.assert_allclose(got, logits, atol=1e-5)
-  assert np.abs(got - _logits(model, params, batch)).max() > 1e-4
+  # The second pass's own prompt matters: reading the first pass's instead
+  # (one re-encoding prompt for both) changes the output.
+  phi = params["msp"]["prompts"]
+  one_for_both = {**params, "msp": {**params["msp"],
+                                    "prompts": phi.at[2].set(phi[1])}}
+  assert np.abs(_logits(model, one_for_both, batch) - got).max() > 1e-4
+
+
+def test_two_reencoding_stages_equal_numpy_reference():
+  model, params = _model_and_params("gpt2", num_reencoding_stages=2)
+  _assert_equals_numpy_reference(model, params, num_reencoding_stages=2)
+
+
+def test_two_reencoding_stages_each_read_their_own_scale():
+  """Doubling alpha[s] is doubling phi[s], for each of the 4 stages. The
+  source states are compared too: with 3 layers and 2 passes, the encoding
+  prompt no longer reaches the logits."""
+  model, params = _model_and_params("gpt2", num_reencoding_stages=2)
+  batch = _batch()
+  leaves = lambda p: [np.asarray(x) for x in
+                      jax.tree.leaves(_forward(model)(p, batch))]
+  base = leaves(params)
+  for stage in range(4):
+    scales = np.ones(4, np.float32)
+    scales[stage] = 2.0
+    doubled = leaves(_with_scales(params, scales))
+    want = leaves(_with_prompt(params, stage, 2.0))
+    for got, expected in zip(doubled, want):
+      np.testing.assert_allclose(got, expected, atol=1e-5)
+    assert max(np.abs(got - unchanged).max()
+               for got, unchanged in zip(doubled, base)
+               if got.dtype != bool) > 1e-3
 
 
 def test_names_axes_init_and_trainable(gpt2):
@@ -593,10 +667,15 @@ def test_init_method_params_adds_msp_next_to_the_frozen_base(gpt2):
 
 
 def test_mgpt_parameter_count():
-  """MSP on mGPT (24 layers, width 1024, P=128): ~18.9M parameters."""
+  """MSP on mGPT (24 layers, width 1024, P=128): ~18.9M parameters; PLM4MT's
+  [2 + n, 2 * layers, P, H] prompts and [2 + n] scales, or one of each."""
   method = msp.MultiStagePrompting()  # paper defaults: P=128, mGPT separator
-  expected = 3 * 24 * 2 * 128 * 1024 + 3
-  assert method.num_params(configs.mgpt()) == expected == 18_874_371
+  per_stage = 24 * 2 * 128 * 1024
+  assert method.num_params(configs.mgpt()) == 3 * per_stage + 3 == 18_874_371
+  assert msp.MultiStagePrompting(num_reencoding_stages=2).num_params(
+      configs.mgpt()) == 4 * per_stage + 4
+  assert msp.MultiStagePrompting(shared_prompt=True).num_params(
+      configs.mgpt()) == per_stage + 1
 
 
 def test_bad_configurations_are_rejected():

@@ -1,8 +1,9 @@
 """Multi-stage prompting, MSP (Tan et al., ACL 2022), for decoder-only LMs.
 
 A frozen decoder-only LM (GPT-2 family, mGPT, the T5X-style decoder-only LM)
-translates in three stages, each with its own per-layer key/value prompt
-placed before the stage's keys as past keys/values (a `KvPrefix`):
+translates in three stages (the second repeatable), each with its own
+per-layer key/value prompt placed before the stage's keys as past
+keys/values (a `KvPrefix`):
 
   1. encoding:    the source under past = [encoding prompt]; each layer's
                   source keys/values are kept (without the prompt).
@@ -10,14 +11,17 @@ placed before the stage's keys as past keys/values (a `KvPrefix`):
                   stage-1 source KV]: every token sees all (valid) stage-1
                   states and the causal prefix of itself. With
                   `num_reencoding_stages` n > 1 this repeats, each pass on
-                  the previous pass's KV (one re-encoding prompt for all).
+                  the previous pass's KV under its own prompt.
   3. decoding:    the target, starting with the separator, under past =
                   [decoding prompt ; re-encoded source KV]. Stage-1 KV is
                   not seen here. Cached decoding stores target tokens only
                   and passes the same past on every step.
 
 Prompts use the paper's scaled reparameterization: stage s's prompt is
-max(alpha_s, 1) * phi_s, alpha_s a learned scalar initialised to 1.
+max(alpha_s, 1) * phi_s, alpha_s a learned scalar initialised to 1. As in
+the authors' PLM4MT, there are 2 + n stages (encoding, n re-encoding passes,
+decoding), each with its own phi and alpha; with `shared_prompt` every stage
+uses one phi and one alpha.
 
 Masks are causal in every stage, as in the paper, whatever
 `config.prefix_lm` says. A prompt reaches the next stage's keys only from
@@ -59,9 +63,10 @@ from prompt_tuning.models import transformer
 from prompt_tuning.models.configs import TransformerConfig
 from prompt_tuning.models.kv_prefix import KvPrefix
 
-# Stage indices into the scales (and the prompts unless shared).
-ENCODING, REENCODING, DECODING = 0, 1, 2
-NUM_STAGES = 3
+# Stage s reads phi[s] and alpha[s] (index 0 of both when shared): the
+# encoding stage is 0, re-encoding pass i (from 0) is 1 + i and decoding is
+# the last, 1 + n.
+ENCODING = 0
 PROMPT_AXES = ("stages", "layers", "kv_pair", "prompt", "prompt_heads", "kv")
 SCALE_AXES = ("stages",)
 # `<extra_id_0>` of the mT5 SentencePiece vocabulary (250,100 pieces), the
@@ -84,28 +89,39 @@ class SourceStates:
   valid: jax.Array
 
 
+def reencoding(i: int) -> int:
+  """The stage index of re-encoding pass i (0-based)."""
+  return 1 + i
+
+
+def decoding(num_reencoding_stages: int) -> int:
+  """The stage index of decoding, after n re-encoding passes."""
+  return 1 + num_reencoding_stages
+
+
 class StagePrompts(nn.Module):
-  """phi [stages, layers, 2, P, heads, head_dim] and alpha [3]."""
+  """phi [S, layers, 2, P, heads, head_dim] and alpha [S]: S = 2 + n stages,
+  or S = 1 shared by all of them."""
 
   num_layers: int
   length: int
   num_heads: int
   head_dim: int
-  shared: bool = False
+  num_stages: int
   initializer: initializers.Initializer = (
       initializers.xavier_uniform_per_slice())
 
   @nn.compact
   def __call__(self, stage: int) -> jax.Array:
     """Stage `stage`'s prompt max(alpha, 1) * phi: [layers, 2, P, h, d]."""
-    stages = 1 if self.shared else NUM_STAGES
     phi = method_param(
         self, "prompts", self.initializer,
-        (stages, self.num_layers, 2, self.length, self.num_heads,
+        (self.num_stages, self.num_layers, 2, self.length, self.num_heads,
          self.head_dim), PROMPT_AXES)
-    alpha = method_param(self, "scales", lambda rng, shape, _=None:
-                         jnp.ones(shape), (NUM_STAGES,), SCALE_AXES)
-    return jnp.maximum(alpha[stage], 1.0) * phi[0 if self.shared else stage]
+    alpha = method_param(self, "scales", nn.initializers.ones,
+                         (self.num_stages,), SCALE_AXES)
+    index = 0 if self.num_stages == 1 else stage
+    return jnp.maximum(alpha[index], 1.0) * phi[index]
 
 
 @gin.configurable
@@ -115,8 +131,10 @@ class MultiStagePrompting(base.Method):
 
   Attributes:
     length: P, prompt slots per layer and stage (the paper uses 128).
-    num_reencoding_stages: how many re-encoding passes (paper: 1).
-    shared_prompt: one phi for all three stages (each keeps its own alpha).
+    num_reencoding_stages: n, how many re-encoding passes (paper: 1); each
+      has its own prompt and scale.
+    shared_prompt: one phi and one alpha for all 2 + n stages (PLM4MT's
+      `share_prompt`).
     separator_id: the token that starts the target (stage 3's first input
       and the decoding start). Default: mGPT's `<extra_id_0>`; set it for
       other vocabularies.
@@ -159,11 +177,16 @@ class MultiStagePrompting(base.Method):
           "token of this vocabulary (mGPT: <extra_id_0> = "
           f"{MGPT_SEPARATOR_ID}).")
 
+  @property
+  def num_stages(self) -> int:
+    """How many (phi, alpha) pairs: 2 + n, or 1 when shared."""
+    return 1 if self.shared_prompt else 2 + self.num_reencoding_stages
+
   def stage_prompts(self, config: TransformerConfig) -> StagePrompts:
     return StagePrompts(
         num_layers=config.num_decoder_layers, length=self.length,
         num_heads=config.num_heads, head_dim=config.head_dim,
-        shared=self.shared_prompt, initializer=self.initializer, name="msp")
+        num_stages=self.num_stages, initializer=self.initializer, name="msp")
 
   def build_module(self, config: TransformerConfig) -> nn.Module:
     self.check_config(config)
@@ -229,6 +252,9 @@ class MspDecoderOnly(transformer.DecoderOnly):
   def init_method_params(self) -> None:
     self.msp(ENCODING)
 
+  def _decoding_prompt(self) -> jax.Array:
+    return self.msp(decoding(self.method.num_reencoding_stages))
+
   def _check_length(self, length: int, what: str) -> None:
     limit = self.config.max_position_embeddings
     if self.config.position_embedding == "absolute" and length > limit:
@@ -267,10 +293,10 @@ class MspDecoderOnly(transformer.DecoderOnly):
     embedded = self.decoder.embed(encoder_input_tokens)
     states = [self._source_stage(embedded, valid, self.msp(ENCODING), None,
                                  deterministic)]
-    reencoding_prompt = self.msp(REENCODING)
-    for _ in range(self.method.num_reencoding_stages):
-      states.append(self._source_stage(embedded, valid, reencoding_prompt,
-                                       states[-1], deterministic))
+    for i in range(self.method.num_reencoding_stages):
+      states.append(self._source_stage(embedded, valid,
+                                       self.msp(reencoding(i)), states[-1],
+                                       deterministic))
     return states
 
   def encode(self, encoder_input_tokens: jax.Array, *,
@@ -288,7 +314,7 @@ class MspDecoderOnly(transformer.DecoderOnly):
     transpose them.
     """
     batch = encoded.valid.shape[0]
-    return _past(self.msp(DECODING), encoded, batch).to_layout("bhdk")
+    return _past(self._decoding_prompt(), encoded, batch).to_layout("bhdk")
 
   def decode(self, encoded: SourceStates | KvPrefix,
              encoder_input_tokens: jax.Array,
@@ -318,7 +344,7 @@ class MspDecoderOnly(transformer.DecoderOnly):
         self.decoder.embed(tokens), positions=decoder_positions,
         decode=decode,
         self_prefix=(encoded if isinstance(encoded, KvPrefix)
-                     else _past(self.msp(DECODING), encoded, batch)),
+                     else _past(self._decoding_prompt(), encoded, batch)),
         deterministic=not enable_dropout)
 
   def __call__(self, encoder_input_tokens: jax.Array,
