@@ -55,10 +55,11 @@ Variants: "taskless_" removes the leading dataset-name word ("hypothesis:
 ... premise: ..."; "wsc:" too). "task_index_" is taskless with one token in
 front of the inputs naming the task, for multitask prompts: task index K
 (TASK_INDEX: boolq 0, cb 1, copa 2, multirc 3, record 4, rte 5 (also axb,
-axg, cast as RTE), wic 6, wsc 7) is the sentinel `<extra_id_{7-K}>`, id
-`vocab_size - 8 + K` (32092 + K with T5's 32,100 ids), so that
-`MultiTaskPrompt(num_tasks=8, task_token_offset=task_token_offset())`
-(32092) reads the task index straight from the first encoder token.
+axg, cast as RTE), wic 6, wsc 7) is the sentinel `<extra_id_K>`, id
+`vocab_size - 1 - K` (32099 - K with T5's 32,100 ids), as google-research's
+prompt-tuning writes it, so that `MultiTaskPrompt(num_tasks=8,
+task_token_offset=task_token_offset())` (32099, `<extra_id_0>`) reads the
+same task from that project's preprocessed data and ours.
 """
 
 from __future__ import annotations
@@ -109,19 +110,20 @@ NUM_TASK_INDICES = 8
 
 
 def task_token_offset(vocabulary: Optional[seqio.Vocabulary] = None) -> int:
-  """MultiTaskPrompt.task_token_offset for the task_index tasks: the first
-  encoder token minus this is the task index (32092 for T5's vocabulary)."""
+  """MultiTaskPrompt.task_token_offset for the task_index tasks: the id of
+  `<extra_id_0>` (32099 for T5's vocabulary); this minus the first encoder
+  token is the task index."""
   vocabulary = vocabulary or vocabularies.t5_vocabulary()
-  return vocabulary.vocab_size - NUM_TASK_INDICES
+  return vocabulary.vocab_size - 1
 
 
 def task_token_id(task_index: int,
                   vocabulary: Optional[seqio.Vocabulary] = None) -> int:
-  """The id of task `task_index`'s leading token, `<extra_id_{7-K}>`."""
+  """The id of task `task_index`'s leading token, `<extra_id_K>`."""
   if not 0 <= task_index < NUM_TASK_INDICES:
     raise ValueError(f"task_index={task_index} must be in "
                      f"[0, {NUM_TASK_INDICES}).")
-  return task_token_offset(vocabulary) + task_index
+  return task_token_offset(vocabulary) - task_index
 
 
 def add_task_token(ds: tf.data.Dataset,

@@ -17,11 +17,12 @@ from prompt_tuning.methods.multitask import per_task
 from prompt_tuning.methods.prompt_tuning import PromptTuning
 from prompt_tuning.models import configs
 
+VOCAB = 64
 CONFIGS = {
-    "t5": configs.t5_1_1("tiny", vocab_size=64, emb_dim=8, head_dim=4,
+    "t5": configs.t5_1_1("tiny", vocab_size=VOCAB, emb_dim=8, head_dim=4,
                          relative_attention_num_buckets=8,
                          relative_attention_max_distance=6),
-    "gpt2": configs.gpt2("small", vocab_size=64, emb_dim=8, num_heads=2,
+    "gpt2": configs.gpt2("small", vocab_size=VOCAB, emb_dim=8, num_heads=2,
                          head_dim=4, mlp_dim=32, num_decoder_layers=2,
                          max_position_embeddings=32),
 }
@@ -32,7 +33,9 @@ METHOD = MultiTaskPrompt(num_tasks=NUM_TASKS, mode="concat_length",
                          shared_length=1, task_length=2)
 TASK_IDS = np.array([2, 0, 1, 2, 0], np.int32)
 SHAPES = {"encoder_input_tokens": (1, 6), "decoder_input_tokens": (1, 5)}
-OFFSET = 60  # task token t + 60 in task-token mode (vocab 64)
+# Task-token mode: the id of <extra_id_0>, seqio's last; task K's token is
+# OFFSET - K (<extra_id_K>).
+OFFSET = VOCAB - 1
 
 
 def _init(model, seed=0):
@@ -247,6 +250,19 @@ def test_loss_gradient_reaches_only_the_batch_tasks(mixed):
 # ----------------------------------------------------------------------------
 
 
+def _with_task_tokens(batch):
+  """The batch without task_ids, each input led by its task's token as
+  prompt-tuning's add_sentinel_to_beginning(offset=K) writes it:
+  vocab_size - (K + 1), i.e. <extra_id_K>."""
+  tokens = {k: v for k, v in batch.items() if k != "task_ids"}
+  tokens["encoder_input_tokens"] = np.concatenate(
+      [(VOCAB - (TASK_IDS + 1))[:, None], batch["encoder_input_tokens"]], 1)
+  # The all-padding row has no task token; it uses task 0 (its task id).
+  tokens["encoder_input_tokens"][4] = 0
+  assert TASK_IDS[4] == 0
+  return tokens
+
+
 def test_task_token_equals_task_ids_feature_with_token_removed(t5_mixed):
   _, feature_model, params = t5_mixed
   token_model = Jitted(pt.build_model(CONFIGS["t5"], method=MultiTaskPrompt(
@@ -254,12 +270,7 @@ def test_task_token_equals_task_ids_feature_with_token_removed(t5_mixed):
       task_length=2, task_token_offset=OFFSET)))
   assert token_model.model.module.extra_features == ()
   batch = _batch("t5")
-  token_batch = {k: v for k, v in batch.items() if k != "task_ids"}
-  token_batch["encoder_input_tokens"] = np.concatenate(
-      [(TASK_IDS + OFFSET)[:, None], batch["encoder_input_tokens"]], 1)
-  # The all-padding row has no task token; it uses task 0 (its task id).
-  token_batch["encoder_input_tokens"][4] = 0
-  assert TASK_IDS[4] == 0
+  token_batch = _with_task_tokens(batch)
   np.testing.assert_allclose(
       token_model.score(params, token_batch),
       feature_model.score(params, batch), rtol=1e-6, atol=1e-6)
@@ -294,6 +305,25 @@ def test_prompt_bank_equals_single_task_prompt_models(mixed, tmp_path):
     single = pt.build_model(CONFIGS[arch], method=PromptTuning(prompt=prompt))
     rows = TASK_IDS == task
     plain = {k: v for k, v in batch.items() if k != "task_ids"}
+    np.testing.assert_allclose(
+        scores[rows], jax.jit(single.score_batch)(params, plain)[rows],
+        rtol=1e-5, atol=1e-5)
+
+
+def test_prompt_bank_row_k_serves_extra_id_k(t5_mixed):
+  """A bank read with prompt-tuning's task tokens: row K for <extra_id_K>."""
+  params = _base(t5_mixed[2])
+  rng = np.random.default_rng(4)
+  table = rng.uniform(-0.5, 0.5, (NUM_TASKS, 3, H)).astype(np.float32)
+  bank = pt.build_model(CONFIGS["t5"], method=MultiTaskPrompt(
+      prompts=table, task_token_offset=OFFSET))
+  batch = _batch("t5")
+  scores = jax.jit(bank.score_batch)(params, _with_task_tokens(batch))
+  plain = {k: v for k, v in batch.items() if k != "task_ids"}
+  for task in range(NUM_TASKS):
+    single = pt.build_model(CONFIGS["t5"],
+                            method=PromptTuning(prompt=table[task]))
+    rows = TASK_IDS == task
     np.testing.assert_allclose(
         scores[rows], jax.jit(single.score_batch)(params, plain)[rows],
         rtol=1e-5, atol=1e-5)
@@ -343,8 +373,9 @@ def test_out_of_range_task_token_is_an_error(t5_mixed):
       num_tasks=NUM_TASKS, mode="concat_length", shared_length=1,
       task_length=2, task_token_offset=OFFSET))
   batch = _batch("t5")
-  batch["encoder_input_tokens"][:, 0] = OFFSET + 3
-  with pytest.raises(ValueError, match="out of range.*first encoder token"):
+  batch["encoder_input_tokens"][:, 0] = OFFSET - 3  # <extra_id_3>: task 3
+  with pytest.raises(ValueError, match=r"task ids \[3\] are out of range.*"
+                     "first encoder token.*<extra_id_K>, ids 61..63"):
     model.score_batch(params, batch)
 
 
@@ -375,3 +406,10 @@ def test_bad_configurations_are_rejected():
   with pytest.raises(ValueError, match="decoder-only models take it from"):
     pt.build_model(CONFIGS["gpt2"], method=MultiTaskPrompt(
         num_tasks=2, task_token_offset=OFFSET))
+  with pytest.raises(ValueError, match="task_token_offset=2 is too small "
+                     "for 3 tasks.*<extra_id_0>"):
+    MultiTaskPrompt(num_tasks=3, task_token_offset=2)
+  with pytest.raises(ValueError, match="task_token_offset=64 is outside the "
+                     "model's vocabulary of 64"):
+    pt.build_model(CONFIGS["t5"], method=MultiTaskPrompt(
+        num_tasks=3, task_token_offset=VOCAB))

@@ -223,14 +223,23 @@ def test_taskless_drops_the_dataset_name_word(task):
   assert taskless[0][0].split(" ", 1)[0].endswith(":")
 
 
+def _prompt_tuning_task_token(vocabulary, task_index):
+  """The token google-research/prompt-tuning's add_sentinel_to_beginning
+  puts first for offset=K: `<extra_id_0>` is the last id, K counts down."""
+  return vocabulary.vocab_size - (task_index + 1)
+
+
 def test_task_index_puts_the_task_token_first(t5_vocabulary):
   offset = superglue.task_token_offset()
-  assert offset == t5_vocabulary.vocab_size - 8
+  assert offset == t5_vocabulary.vocab_size - 1
   for task in ("boolq", "cb", "rte", "axb", "wic"):
     example, [(inputs, targets)] = EXPECTED[task]
     [row] = _preprocessed(superglue.task_name(task, "task_index_"), example,
                           tokenized=True)
-    assert row["inputs"][0] == offset + superglue.TASK_INDEX[task]
+    index = superglue.TASK_INDEX[task]
+    assert row["inputs"][0] == _prompt_tuning_task_token(t5_vocabulary, index)
+    # MultiTaskPrompt(task_token_offset=offset) reads offset - token.
+    assert offset - row["inputs"][0] == index
     assert row["inputs"][-1] == EOS
     assert t5_vocabulary.decode(row["inputs"][1:-1].tolist()) == (
         inputs.split(" ", 1)[1])
@@ -245,14 +254,17 @@ def test_task_indices_follow_prompt_tuning():
     superglue.task_token_id(8)
 
 
-def test_task_tokens_are_the_top_sentinels():
+def test_task_k_is_extra_id_k_as_in_prompt_tuning():
   if not T5_MODEL.exists():
     pytest.skip(f"no T5 vocabulary fixture at {T5_MODEL}")
   vocab = seqio.SentencePieceVocabulary(str(T5_MODEL), extra_ids=100)
-  assert superglue.task_token_offset(vocab) == 32092
-  # boolq (0) is <extra_id_7>, wsc (7) is <extra_id_0>.
-  assert vocab.encode("<extra_id_7>") == [superglue.task_token_id(0, vocab)]
-  assert vocab.encode("<extra_id_0>") == [superglue.task_token_id(7, vocab)]
+  assert superglue.task_token_offset(vocab) == 32099
+  for task, index in superglue.TASK_INDEX.items():
+    token = superglue.task_token_id(index, vocab)
+    assert vocab.encode(f"<extra_id_{index}>") == [token], task
+    assert token == _prompt_tuning_task_token(vocab, index)
+  # prompt-tuning's multitask_prompts.sentinel_to_task(x, vocab_size=32100).
+  assert 32100 - 1 - superglue.task_token_id(5, vocab) == 5
 
 
 def test_multirc_keeps_its_grouping_ids():
@@ -503,7 +515,7 @@ def test_every_task_and_mixture_builds_both_kinds_of_batches(
       assert 1 < len(row[key]) <= LENGTHS[key]
       assert row[key][-1] == EOS
     if "task_index_" in name:
-      first = row["inputs"][0] - superglue.task_token_offset()
+      first = superglue.task_token_offset() - row["inputs"][0]
       assert 0 <= first < superglue.NUM_TASK_INDICES
     for kind, shapes in (("encdec", ENCDEC), ("decoder", DECODER)):
       features = out[kind][starts[name] + i]
@@ -534,7 +546,7 @@ def test_seqio_get_dataset_end_to_end(mocked):
     assert batch[key].dtype == np.int32 and batch[key].shape[0] == 2
   # The prefix LM's first input token (after the shifted-in 0) is RTE's.
   first = batch["decoder_input_tokens"][:, 1]
-  assert (first == superglue.task_token_offset() + 5).all()
+  assert (first == superglue.task_token_offset() - 5).all()
 
 
 def test_t5_vocabulary_round_trips_a_superglue_example():

@@ -263,7 +263,7 @@ def gpt2_base(tmp_path_factory) -> str:
 # Every method through the binary's loop, with decoding evaluation: the
 # seqio features reach each method (MSP reads encoder-decoder features on a
 # decoder-only LM; the multitask prompt picks its task from the leading
-# input token, 'c' = byte 99 + 3 offset = id 102 -> task 0).
+# input token, 'c' = byte 99 + 3 offset = id 102 -> task 102 - 102 = 0).
 METHODS = {
     "prefix_tuning": (TINY, pt.PrefixTuning(length=3)),
     "model_tuning": (TINY, pt.ModelTuning()),

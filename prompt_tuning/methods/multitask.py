@@ -3,8 +3,10 @@ so one frozen model serves many tasks in one mixed batch.
 
 Each example names its task by the int feature `task_ids` [batch], or (for
 encoder-decoder models) by a leading task token, as in google-research's
-prompt-tuning multitask setup: the first encoder token is a sentinel whose id
-minus `task_token_offset` is the task index; it is removed before embedding.
+prompt-tuning multitask setup: task K's examples start with the sentinel
+`<extra_id_K>`, and with `task_token_offset` = the id of `<extra_id_0>`
+(seqio puts it last: vocab_size - 1) the task index is task_token_offset
+minus the first encoder token. The token is removed before embedding.
 
 The per-task parts are one table `prompt/tasks` [tasks, P_task, H_task]
 (logical axes "tasks", "prompt", "prompt_embed"; "tasks" has no rule, so it
@@ -137,8 +139,9 @@ class MultiTaskPrompt(base.Method):
       as the shared prompt, at the paper's scale, and learns a deviation),
       uniform(0.5) otherwise.
     task_token_offset: None: tasks come from the `task_ids` feature. An int:
-      the first encoder token t names task t - offset and is removed
-      (encoder-decoder only).
+      the id of `<extra_id_0>` (vocabulary size - 1, 32099 for T5); the
+      first encoder token t names task offset - t (`<extra_id_K>` is task K)
+      and is removed (encoder-decoder only).
     combine: where the prompt goes among the inputs, as in PromptTuning.
     prompts: serve fixed per-task prompts (a bank): a list of [P, H] arrays
       or .npy paths, or one [tasks, P, H] array. They become a constant (no
@@ -197,10 +200,13 @@ class MultiTaskPrompt(base.Method):
           "shared_features (H1, the shared part's width) is required by "
           "mode='concat_features' and applies to no other mode; got "
           f"mode={self.mode!r}, shared_features={self.shared_features}.")
-    if self.task_token_offset is not None and self.task_token_offset < 1:
+    if (self.task_token_offset is not None
+        and self.task_token_offset < self.num_tasks):
       raise ValueError(
-          f"task_token_offset={self.task_token_offset} must be >= 1 (id 0 is "
-          "padding).")
+          f"task_token_offset={self.task_token_offset} is too small for "
+          f"{self.num_tasks} tasks: task K's token is offset - K and id 0 is "
+          "padding; set it to the id of <extra_id_0> (vocabulary size - 1, "
+          "32099 for T5).")
     combine_lib.get_layout(self.combine)  # fails early on unknown names
 
   def _init_bank(self, set_) -> None:
@@ -262,6 +268,12 @@ class MultiTaskPrompt(base.Method):
       raise ValueError(
           f"the bank's prompts are [P, H] = {self.prompts.shape[1:]}, but the "
           f"model's embeddings are {config.emb_dim} wide.")
+    if (self.task_token_offset is not None
+        and self.task_token_offset >= config.vocab_size):
+      raise ValueError(
+          f"task_token_offset={self.task_token_offset} is outside the model's "
+          f"vocabulary of {config.vocab_size}; set it to the id of "
+          "<extra_id_0> in the task's vocabulary (its size - 1).")
     if config.architecture == "decoder_only":
       if self.task_token_offset is not None:
         raise ValueError(
@@ -286,7 +298,7 @@ class MultiTaskPrompt(base.Method):
       if tokens is None or isinstance(tokens, jax.core.Tracer):
         return
       first = np.asarray(tokens)[:, 0]
-      ids = np.where(first == 0, 0, first - self.task_token_offset)
+      ids = np.where(first == 0, 0, self.task_token_offset - first)
     else:
       ids = batch.get(TASK_IDS)
       if ids is None or isinstance(ids, jax.core.Tracer):
@@ -312,9 +324,10 @@ def _check_task_ids(task_ids: jax.Array, num_tasks: int,
   bad = ids[(ids < 0) | (ids >= num_tasks)]
   if bad.size:
     source = ("" if token_offset is None else
-              f" (read as the first encoder token minus task_token_offset="
-              f"{token_offset}: does every input start with its task token "
-              f"{token_offset}..{token_offset + num_tasks - 1}?)")
+              f" (read as task_token_offset={token_offset} minus the first "
+              "encoder token: does every input start with its task token "
+              f"<extra_id_K>, ids {token_offset - num_tasks + 1}.."
+              f"{token_offset}, and is the offset the id of <extra_id_0>?)")
     raise ValueError(
         f"task ids {sorted(set(bad.tolist()))} are out of range for "
         f"{num_tasks} tasks{source}; ids must be in [0, {num_tasks}).")
@@ -377,7 +390,7 @@ class _MultiTaskHooks:
     if m.task_token_offset is not None:
       first, tokens = tokens[:, 0], tokens[:, 1:]
       # Padding rows (no tokens at all) get task 0 rather than an error.
-      task_ids = jnp.where(first == 0, 0, first - m.task_token_offset)
+      task_ids = jnp.where(first == 0, 0, m.task_token_offset - first)
       if self.is_initializing():
         task_ids = jnp.zeros((batch,), jnp.int32)
     elif TASK_IDS in features:
