@@ -319,6 +319,21 @@ def test_t5x_embedding_feeds_class_labels(ckpt):
   np.testing.assert_array_equal(x[1], table[300])
 
 
+def test_t5x_paths_as_the_prompt_tuning_project_writes_them(ckpt):
+  """Its gin files name the variable with a leading target/ and may point
+  at the checkpoint's msgpack file."""
+  want = inits.from_t5x_checkpoint(
+      ckpt, "token_embedder/embedding",
+      then=inits.from_sampled_vocab(population_size=50))(RNG, (6, 4))
+  for path in (ckpt, ckpt / "checkpoint"):
+    for variable in ("target/token_embedder/embedding",
+                     "/target/token_embedder/embedding"):
+      got = inits.from_t5x_checkpoint(
+          path, variable,
+          then=inits.from_sampled_vocab(population_size=50))(RNG, (6, 4))
+      np.testing.assert_array_equal(got, want)
+
+
 def test_t5x_unknown_variable_lists_names(ckpt):
   init = inits.from_t5x_checkpoint(ckpt, "prompt/prompt")
   with pytest.raises(ValueError, match=r"no variable 'prompt/prompt'.*"

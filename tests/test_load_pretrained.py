@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import serialization
 
 import prompt_tuning as pt
 from prompt_tuning.checkpoints import lazy
@@ -39,6 +40,17 @@ def test_t5x_fixture_loads_exact_values_and_runs(shared_fixtures):
   assert logits.shape == (1, 3, 32128) and np.isfinite(logits).all()
   score = model.score_batch(variables["params"], batch)
   assert score.shape == (1,) and float(score[0]) < 0
+
+
+def test_t5x_checkpoint_file_or_a_file_inside_loads_as_the_dir(
+    shared_fixtures):
+  ckpt = shared_fixtures / FIXTURE
+  _, want = pt.load_pretrained(str(ckpt), config="t5_1_1_tiny")
+  for inside in (ckpt / "checkpoint",
+                 ckpt / "target.token_embedder.embedding" / ".zarray"):
+    assert loader.detect_format(str(inside)) == "t5x"
+    _, got = pt.load_pretrained(str(inside), config="t5_1_1_tiny")
+    jax.tree.map(np.testing.assert_array_equal, got, want)
 
 
 def test_t5x_architecture_is_inferred_from_shapes(shared_fixtures):
@@ -77,6 +89,10 @@ def test_orbax_round_trip_keeps_values_and_config(tmp_path, hf_tmp):
   model, variables = pt.load_pretrained(hf_path)
   orbax_path = str(tmp_path / "gpt2_orbax")
   orbax_params.save_params(orbax_path, variables["params"], model.config)
+  assert loader.detect_format(orbax_path) == "orbax"
+  # Older Orbax also wrote a msgpack 'checkpoint' file; still Orbax, not T5X.
+  with open(os.path.join(orbax_path, "checkpoint"), "wb") as f:
+    f.write(serialization.msgpack_serialize({"params": "PLACEHOLDER://x"}))
   assert loader.detect_format(orbax_path) == "orbax"
   loaded_model, loaded = pt.load_pretrained(orbax_path)
   assert loaded_model.config == model.config

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import ml_dtypes
 import numpy as np
+import orbax.checkpoint as ocp
 import pytest
 import tensorstore as ts
 from flax import serialization
@@ -127,6 +128,17 @@ def test_fixture_run_dir_and_checkpoint_file_resolve(fixture_ckpt):
   assert t5x.is_t5x_checkpoint(fixture_ckpt)
   assert not t5x.is_t5x_checkpoint(run_dir.parent)
   assert set(t5x.read_t5x_checkpoint(run_dir)) == set(_expected_shapes())
+
+
+def test_fixture_any_file_inside_names_the_checkpoint(fixture_ckpt):
+  """T5X users pass the msgpack file; a zarr file names its checkpoint too."""
+  zarr = fixture_ckpt / "target.token_embedder.embedding"
+  chunk = next(p for p in zarr.iterdir() if p.name != ".zarray")
+  for inside in (fixture_ckpt / "checkpoint", zarr / ".zarray", chunk):
+    assert t5x.resolve_t5x_checkpoint_dir(inside) == str(fixture_ckpt)
+    assert t5x.is_t5x_checkpoint(inside)
+  got = t5x.read_t5x_checkpoint(fixture_ckpt / "checkpoint")
+  assert {k: v.shape for k, v in got.items()} == _expected_shapes()
 
 
 def test_fixture_sliced_reads(fixture_ckpt):
@@ -383,6 +395,31 @@ def test_tensorflow_checkpoint_is_named(tmp_path):
   with pytest.raises(ValueError, match="TensorFlow checkpoint"):
     t5x.read_t5x_checkpoint(tmp_path)
   assert not t5x.is_t5x_checkpoint(tmp_path)
+
+
+def _orbax_dir(path):
+  checkpointer = ocp.StandardCheckpointer()
+  checkpointer.save(path, {"params": {"w": np.ones((4, 4), np.float32)}})
+  checkpointer.wait_until_finished()
+  return path
+
+
+def test_orbax_dir_is_named_with_how_to_load_it(tmp_path):
+  orbax = _orbax_dir(tmp_path / "orbax")
+  # Older Orbax also wrote a msgpack 'checkpoint' aggregate file.
+  legacy = tmp_path / "legacy"
+  legacy.mkdir()
+  (legacy / "checkpoint").write_bytes(serialization.msgpack_serialize(
+      {"params": {"w": "PLACEHOLDER://params.w"}}))
+  with_file = _orbax_dir(tmp_path / "with_file")
+  (with_file / "checkpoint").write_bytes((legacy / "checkpoint").read_bytes())
+  for path in (orbax, legacy, with_file, orbax / "_CHECKPOINT_METADATA"):
+    with pytest.raises(ValueError, match=r"is an Orbax checkpoint \(.*\), "
+                       r"not a T5X one.*pt\.load_pretrained\(path\)") as e:
+      t5x.read_t5x_checkpoint(path)
+    assert "version 0" not in str(e.value)
+  assert not t5x.is_t5x_checkpoint(orbax)
+  assert not t5x.is_t5x_checkpoint(with_file)
 
 
 def test_run_dir_picks_newest_finished_step(tmp_path):

@@ -104,16 +104,46 @@ def _step_dirs(run_dir: str) -> dict[int, str]:
   return steps
 
 
+def _checkpoint_header(directory: str) -> bytes | None:
+  """The first bytes of `directory`'s `checkpoint` file, or None."""
+  if not directory.startswith("gs://") and not os.path.isdir(directory):
+    return None
+  return _read_file(posixpath.join(directory, CHECKPOINT_FILE), 32)
+
+
+def _enclosing_checkpoint_dir(path: str) -> tuple[str, bytes] | None:
+  """(the nearest ancestor of `path` holding a `checkpoint` file, its
+  header), so that any file of a checkpoint (a zarr chunk) names it. A file
+  inside an Orbax checkpoint is an error that says so."""
+  parent = posixpath.dirname(path)
+  while parent and parent != path and parent not in ("gs:", "gs:/"):
+    _raise_if_orbax(parent)
+    header = _checkpoint_header(parent)
+    if header is not None:
+      return parent, header
+    path, parent = parent, posixpath.dirname(parent)
+  return None
+
+
+def _checked(directory: str, header: bytes) -> str:
+  """`directory` if its `checkpoint` file is T5X's; else a clear error."""
+  _raise_if_orbax(directory)
+  _check_msgpack(header, directory)
+  return directory
+
+
 def resolve_t5x_checkpoint_dir(path: str | os.PathLike) -> str:
   """The `checkpoint_N` directory that `path` names.
 
-  `path` may be a `checkpoint_N` directory, its `checkpoint` file, or a run
-  directory holding `checkpoint_N` subdirectories (the largest N is chosen).
-  Local paths come back absolute; `gs://` paths unchanged.
+  `path` may be a `checkpoint_N` directory, its `checkpoint` file or any
+  other file inside it, or a run directory holding `checkpoint_N`
+  subdirectories (the largest N is chosen). Local paths come back absolute;
+  `gs://` paths unchanged.
 
   Raises:
     FileNotFoundError: `path` does not exist.
-    ValueError: `path` exists but holds no T5X checkpoint.
+    ValueError: `path` exists but holds no T5X checkpoint (an Orbax or
+      TensorFlow one is named as such).
   """
   path = os.fspath(path).rstrip("/")
   is_gcs = path.startswith("gs://")
@@ -123,23 +153,53 @@ def resolve_t5x_checkpoint_dir(path: str | os.PathLike) -> str:
       raise FileNotFoundError(
           f"T5X checkpoint path {path!r} does not exist; pass a checkpoint_N "
           "directory (or the run directory that holds checkpoint_N dirs).")
-    if os.path.isfile(path) and os.path.basename(path) == CHECKPOINT_FILE:
-      path = os.path.dirname(path)
-  elif path.endswith("/" + CHECKPOINT_FILE):
-    path = path[:-len(CHECKPOINT_FILE) - 1]
-
-  if is_gcs or os.path.isfile(os.path.join(path, CHECKPOINT_FILE)):
-    header = _read_file(posixpath.join(path, CHECKPOINT_FILE), 32)
-    if header is not None:
-      _check_msgpack(header, path)
-      return path
-  steps = {} if (not is_gcs and not os.path.isdir(path)) else _step_dirs(path)
+  header = _checkpoint_header(path)
+  if header is not None:
+    return _checked(path, header)
+  steps = _step_dirs(path) if is_gcs or os.path.isdir(path) else {}
   if steps:
-    return steps[max(steps)]
+    newest = steps[max(steps)]
+    return _checked(newest, _checkpoint_header(newest) or b"")
+  _raise_if_orbax(path)
+  if is_gcs or os.path.isfile(path):
+    enclosing = _enclosing_checkpoint_dir(path)
+    if enclosing is not None:
+      return _checked(*enclosing)
   raise ValueError(
       f"not a T5X checkpoint: {path!r}; expected a msgpack file named "
       f"'{CHECKPOINT_FILE}' in it (or checkpoint_N subdirectories holding "
       "one). Pass the checkpoint_N directory that T5X wrote.")
+
+
+# Files Orbax writes into a checkpoint directory (T5X's format has none).
+_ORBAX_MARKERS = ("_METADATA", "_CHECKPOINT_METADATA", "manifest.ocdbt")
+# How Orbax's msgpack aggregate file (older releases) refers to an array.
+_ORBAX_PLACEHOLDER = "PLACEHOLDER://"
+
+
+def _orbax_error(path: str, evidence: str) -> ValueError:
+  return ValueError(
+      f"{path!r} is an Orbax checkpoint ({evidence}), not a T5X one (T5X "
+      f"writes a msgpack '{CHECKPOINT_FILE}' file of version >= 2 beside zarr"
+      " arrays). Load a whole model from it with pt.load_pretrained(path) "
+      "(Orbax checkpoints of {'params': ...} and training runs' "
+      "checkpoint_<step> dirs); to take one variable, restore it with "
+      "orbax.checkpoint.StandardCheckpointer().restore(path) and pass the "
+      "array to initializers.from_array.")
+
+
+def _raise_if_orbax(directory: str) -> None:
+  if not directory.startswith("gs://") and not os.path.isdir(directory):
+    return
+  for marker in _ORBAX_MARKERS:
+    if _read_file(posixpath.join(directory, marker), 1) is not None:
+      raise _orbax_error(directory, f"it holds Orbax's {marker!r}")
+
+
+def _has_orbax_placeholder(tree: Any) -> bool:
+  if isinstance(tree, Mapping):
+    return any(_has_orbax_placeholder(v) for v in tree.values())
+  return isinstance(tree, str) and tree.startswith(_ORBAX_PLACEHOLDER)
 
 
 def _check_msgpack(header: bytes, path: str) -> None:
@@ -333,6 +393,9 @@ def read_t5x_checkpoint(path: str | os.PathLike, *, subtree: str = "target"
   if raw is None:  # raced with a deletion after resolving
     raise FileNotFoundError(f"{ckpt_dir!r} has no '{CHECKPOINT_FILE}' file.")
   contents = serialization.msgpack_restore(raw)
+  if _has_orbax_placeholder(contents):
+    raise _orbax_error(ckpt_dir, "its 'checkpoint' file is Orbax's msgpack "
+                       "aggregate, with placeholders for the arrays")
   version = contents.get("version", 0)
   if version < 2 or "optimizer" not in contents:
     raise ValueError(

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import difflib
 import os
+import re
 import warnings
 from typing import Callable, Optional, Protocol, Sequence, Union
 
@@ -325,11 +326,14 @@ def from_t5x_checkpoint(path: Union[str, os.PathLike], variable: str,
   then=from_sampled_vocab())`.
 
   Args:
-    path: a checkpoint_N dir or a run dir (newest checkpoint), local or gs://.
-    variable: "/"-joined parameter name under optimizer/target.
+    path: a checkpoint_N dir, its `checkpoint` file, or a run dir (newest
+      checkpoint), local or gs://.
+    variable: "/"-joined parameter name under optimizer/target; a leading
+      "target/" (as the prompt-tuning project writes it) is optional.
     then: an initializer that needs an embedding, or None.
   """
   path = os.fspath(path)
+  variable = re.sub(r"^/?(target/)?", "", variable)
 
   def init(rng, shape, embedding=None):
     del embedding  # replaced by the checkpoint's variable
