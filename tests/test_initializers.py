@@ -5,13 +5,17 @@ from __future__ import annotations
 import math
 import warnings
 
+import flax.linen as nn
 import jax
 import numpy as np
 import pytest
 
+import prompt_tuning as pt
 from prompt_tuning.checkpoints import lazy
 from prompt_tuning.checkpoints import t5x
 from prompt_tuning.methods import initializers as inits
+from prompt_tuning.methods.multitask import per_task
+from prompt_tuning.models import configs
 
 RNG = jax.random.PRNGKey(0)
 # A tiny token table [vocab=10, H=3]: row i is [3i, 3i+1, 3i+2].
@@ -138,6 +142,55 @@ def test_sampled_vocab_needs_model_width():
 def test_sampled_vocab_rejects_empty_population():
   with pytest.raises(ValueError, match="population_size must be >= 1, got 0"):
     inits.from_sampled_vocab(population_size=0)
+
+
+# ----------------------------------------------------------------------------
+# Flax/JAX initializers (key, shape, dtype), as the prompt-tuning project's
+# gin files pass them, wherever an initializer is accepted.
+# ----------------------------------------------------------------------------
+
+
+def test_flax_initializer_as_class_labels_fallback():
+  init = inits.from_class_labels([[4], [7]], fallback=nn.initializers.zeros)
+  x = np.asarray(init(RNG, (5, 3), EMBEDDING))
+  np.testing.assert_array_equal(x[:2], EMBEDDING[[4, 7]])
+  np.testing.assert_array_equal(x[2:], 0.0)
+  init = inits.from_text([2, 3], fallback=nn.initializers.uniform(0.5))
+  x = np.asarray(init(RNG, (4, 3), EMBEDDING))
+  np.testing.assert_array_equal(x[:2], EMBEDDING[[2, 3]])
+  assert 0 < np.abs(x[2:]).max() <= 0.5
+
+
+def test_initialize_passes_ours_the_embedding_and_flax_a_dtype():
+  got = inits.initialize(nn.initializers.constant(2.0), RNG, (2, 3), EMBEDDING)
+  assert got.dtype == np.float32
+  np.testing.assert_array_equal(got, np.full((2, 3), 2.0))
+  got = inits.initialize(inits.from_sampled_vocab(), RNG, [4, 3], EMBEDDING)
+  assert _row_set(got) <= _row_set(EMBEDDING)
+
+
+@pytest.mark.parametrize("method", [
+    pt.PromptTuning(length=4, initializer=nn.initializers.normal(0.02)),
+    pt.MultiTaskPrompt(num_tasks=2, length=4,
+                       shared_initializer=nn.initializers.zeros,
+                       task_initializer=per_task(nn.initializers.ones)),
+], ids=["prompt_tuning", "multitask"])
+def test_flax_initializers_make_method_params(method):
+  config = configs.t5_1_1("tiny", vocab_size=16, emb_dim=8, head_dim=4)
+  params = nn.meta.unbox(pt.build_model(config, method=method).module.init(
+      RNG, method="init_method_params")["params"]["prompt"])
+  if "prompt" in params:
+    assert params["prompt"].shape == (4, 8)
+    assert 0 < np.std(params["prompt"]) < 0.05
+  else:
+    np.testing.assert_array_equal(params["shared"], np.zeros((4, 8)))
+    np.testing.assert_array_equal(params["tasks"], np.ones((2, 4, 8)))
+
+
+def test_initializer_of_the_wrong_shape_is_named():
+  with pytest.raises(ValueError, match=r"returned shape \(3,\) for a "
+                     r"parameter of shape \(2, 3\)"):
+    inits.initialize(lambda key, shape, dtype: np.zeros(3), RNG, (2, 3))
 
 
 # ----------------------------------------------------------------------------

@@ -1,17 +1,21 @@
 """Initial values for learned prompt tensors (soft prompts, prefixes, MSP).
 
-Every initializer is `init(rng, shape, embedding=None) -> float32 jax.Array`,
-where `embedding` is the frozen model's token table [vocab, H] when the caller
-has it. Initializers that start from real token embeddings (sampled vocabulary,
-class labels, text) need it; the rest ignore it, so they also work where flax
-passes a dtype in that slot. Choosing an initializer is configuration (gin),
-so each factory checks what it can when built and the rest when called, with
-an error that names the bad value and the fix.
+Every initializer here is `init(rng, shape, embedding=None) -> float32
+jax.Array`, where `embedding` is the frozen model's token table [vocab, H]
+when the caller has it. Initializers that start from real token embeddings
+(sampled vocabulary, class labels, text) need it; the rest ignore it, so they
+also work where flax passes a dtype in that slot. Wherever an initializer is
+accepted, a Flax/JAX one `(key, shape, dtype)` such as
+`nn.initializers.zeros` works too (`initialize` tells them apart). Choosing
+an initializer is configuration (gin), so each factory checks what it can
+when built and the rest when called, with an error that names the bad value
+and the fix.
 """
 
 from __future__ import annotations
 
 import difflib
+import inspect
 import os
 import re
 import warnings
@@ -26,12 +30,13 @@ from prompt_tuning.checkpoints import t5x
 
 __all__ = [
     "Initializer", "Vocabulary", "from_array", "from_class_labels", "from_npy",
-    "from_sampled_vocab", "from_t5x_checkpoint", "from_text", "normal",
-    "uniform", "xavier_uniform_per_slice",
+    "from_sampled_vocab", "from_t5x_checkpoint", "from_text", "initialize",
+    "normal", "uniform", "xavier_uniform_per_slice",
 ]
 
 Initializer = Callable[..., jax.Array]
-# (rng, shape, embedding=None) -> float32 [*shape].
+# Ours: (rng, shape, embedding=None) -> float32 [*shape]; or a Flax/JAX
+# initializer (key, shape, dtype) -> [*shape].
 
 # A string to tokenize, or its token ids.
 TokensOrText = Union[str, Sequence[int], np.ndarray]
@@ -42,6 +47,29 @@ class Vocabulary(Protocol):
 
   def encode(self, s: str) -> Sequence[int]:
     ...
+
+
+def _takes_embedding(init: Initializer) -> bool:
+  """Ours name their third parameter `embedding`; Flax's take a dtype."""
+  try:
+    return "embedding" in inspect.signature(init).parameters
+  except (TypeError, ValueError):  # no signature to read: a Flax-style one
+    return False
+
+
+def initialize(init: Initializer, rng: jax.Array, shape: Sequence[int],
+               embedding: Optional[jax.Array] = None) -> jax.Array:
+  """`init`'s float32 array of `shape`: ours get the token table [vocab, H]
+  (or None), a Flax/JAX initializer gets dtype float32 instead."""
+  shape = tuple(shape)
+  third = embedding if _takes_embedding(init) else jnp.float32
+  value = jnp.asarray(init(rng, shape, third), jnp.float32)
+  if value.shape != shape:
+    raise ValueError(
+        f"the initializer {getattr(init, '__name__', init)!r} returned shape "
+        f"{value.shape} for a parameter of shape {shape}; make it return an "
+        "array of the shape it is given.")
+  return value
 
 
 def _check_shape(got: Sequence[int], want: Sequence[int], what: str) -> None:
@@ -210,7 +238,7 @@ def from_sampled_vocab(population_size: int = 5000) -> Initializer:
 def _first_rows(rng, shape, embedding, fallback: Initializer,
                 rows: Optional[jax.Array]) -> jax.Array:
   """`rows` [n, H] in the first n positions, the rest from `fallback`."""
-  base = jnp.asarray(fallback(rng, tuple(shape), embedding), jnp.float32)
+  base = initialize(fallback, rng, shape, embedding)
   return base if rows is None else base.at[:rows.shape[0]].set(rows)
 
 
@@ -350,6 +378,6 @@ def from_t5x_checkpoint(path: Union[str, os.PathLike], variable: str,
       _check_shape(value.shape, shape,
                    f"from_t5x_checkpoint: {variable!r} in {path!r}")
       return jnp.asarray(value)
-    return then(rng, tuple(shape), value)
+    return initialize(then, rng, shape, value)
 
   return init

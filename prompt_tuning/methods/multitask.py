@@ -61,11 +61,6 @@ TASK_IDS = "task_ids"
 PromptSource = Union[str, os.PathLike, np.ndarray, jax.Array]
 
 
-def _zeros(rng, shape, embedding=None):
-  del rng, embedding
-  return jnp.zeros(tuple(shape), jnp.float32)
-
-
 def per_task(*inits: initializers.Initializer) -> initializers.Initializer:
   """A [tasks, P, H] initializer from [P, H] ones, each task its own draw.
 
@@ -85,8 +80,8 @@ def per_task(*inits: initializers.Initializer) -> initializers.Initializer:
           "one for all tasks or exactly one per task.")
     rngs = jax.random.split(rng, num_tasks)
     return jnp.stack([
-        jnp.asarray(inits[i % len(inits)](rngs[i], part, embedding),
-                    jnp.float32) for i in range(num_tasks)])
+        initializers.initialize(inits[i % len(inits)], rngs[i], part,
+                                embedding) for i in range(num_tasks)])
 
   return init
 
@@ -254,7 +249,8 @@ class MultiTaskPrompt(base.Method):
   def task_init(self) -> initializers.Initializer:
     if self.task_initializer is not None:
       return self.task_initializer
-    return _zeros if self.mode == "add" else initializers.uniform(0.5)
+    return (nn.initializers.zeros if self.mode == "add"
+            else initializers.uniform(0.5))
 
   def check_config(self, config: TransformerConfig) -> None:
     super().check_config(config)

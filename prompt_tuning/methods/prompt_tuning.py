@@ -37,9 +37,10 @@ def method_param(module: nn.Module, name: str,
                  shape: Sequence[int], axes: tuple[str, ...],
                  embedding: Optional[jax.Array] = None) -> jax.Array:
   """A float32 method parameter with logical axes; its initializer may read
-  the frozen token embedding (sampled vocabulary, class labels, text)."""
-  init = lambda rng, shape: jnp.asarray(
-      initializer(rng, tuple(shape), embedding), jnp.float32)
+  the frozen token embedding (sampled vocabulary, class labels, text) or be
+  a Flax/JAX initializer."""
+  init = lambda rng, shape: initializers.initialize(initializer, rng, shape,
+                                                    embedding)
   return module.param(name, nn.with_logical_partitioning(init, axes),
                       tuple(shape))
 
