@@ -1,8 +1,9 @@
 """Multi-stage prompting: every stage against a hand-built computation, the
 position and padding conventions, cached decoding, loss and parameters.
 
-Each jitted function is built once per model (`functools.cache`) and every
-test uses the same batch shapes, so the file compiles about twenty times.
+Each jitted function is built once per model (`functools.cache`: one each
+for n = 1, n = 2 and the shared prompt) and every test uses the same batch
+shapes, so compiles stay few.
 The tiny models have 3 layers: a stage's prompt reaches the next stage's
 keys only from the layer above (layer 0's keys are embedding projections),
 so the encoding prompt first changes the re-encoded keys at layer 2.
