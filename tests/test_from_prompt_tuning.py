@@ -41,6 +41,7 @@ THEIR_NAMES = (
     "multitask_prompts.AddMultiTaskPrompt",
     "multitask_prompts.ConcatMultiTaskPrompt",
     "multitask_prompts.ConcatFeaturesMultiTaskPrompt",
+    "multitask_prompts.ProjectMultiTaskPrompt",
     "multitask_prompts.sentinel_to_task.vocab_size", ".shared_init",
     ".tasks_init", "utils.create_learning_rate_scheduler.base_learning_rate",
     "adafactor.Adafactor.decay_rate", "utils.SaveCheckpointConfig.period",

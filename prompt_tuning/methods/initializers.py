@@ -31,7 +31,8 @@ from prompt_tuning.checkpoints import t5x
 __all__ = [
     "Initializer", "Vocabulary", "from_array", "from_class_labels", "from_npy",
     "from_sampled_vocab", "from_t5x_checkpoint", "from_text", "initialize",
-    "normal", "uniform", "xavier_uniform_per_slice",
+    "normal", "read_t5x_variable", "t5x_variable_name", "uniform",
+    "xavier_uniform_per_slice",
 ]
 
 Initializer = Callable[..., jax.Array]
@@ -343,6 +344,28 @@ def from_npy(path: Union[str, os.PathLike]) -> Initializer:
   return init
 
 
+def t5x_variable_name(variable: str) -> str:
+  """`variable` as a key of read_t5x_checkpoint: without a leading "/" or
+  "target/" (the prompt-tuning project writes both)."""
+  return re.sub(r"^/?(target/)?", "", variable)
+
+
+def read_t5x_variable(path: Union[str, os.PathLike], variable: str,
+                      who: str) -> np.ndarray:
+  """float32 value of one T5X checkpoint variable; a missing name is an
+  error (prefixed by `who`) listing the closest names there."""
+  path, variable = os.fspath(path), t5x_variable_name(variable)
+  arrays = t5x.read_t5x_checkpoint(path)
+  if variable not in arrays:
+    names = sorted(arrays)
+    shown = (difflib.get_close_matches(variable, names, n=5, cutoff=0.3)
+             or names[:5])
+    raise ValueError(
+        f"{who}: no variable {variable!r} in {path!r}; "
+        f"available names include {shown} ({len(names)} in all).")
+  return lazy.read_all(arrays[variable]).astype(np.float32)
+
+
 def from_t5x_checkpoint(path: Union[str, os.PathLike], variable: str,
                         then: Optional[Initializer] = None) -> Initializer:
   """A variable of a T5X checkpoint, as the value or as `then`'s embedding.
@@ -361,19 +384,11 @@ def from_t5x_checkpoint(path: Union[str, os.PathLike], variable: str,
     then: an initializer that needs an embedding, or None.
   """
   path = os.fspath(path)
-  variable = re.sub(r"^/?(target/)?", "", variable)
+  variable = t5x_variable_name(variable)
 
   def init(rng, shape, embedding=None):
     del embedding  # replaced by the checkpoint's variable
-    arrays = t5x.read_t5x_checkpoint(path)
-    if variable not in arrays:
-      names = sorted(arrays)
-      shown = (difflib.get_close_matches(variable, names, n=5, cutoff=0.3)
-               or names[:5])
-      raise ValueError(
-          f"from_t5x_checkpoint: no variable {variable!r} in {path!r}; "
-          f"available names include {shown} ({len(names)} in all).")
-    value = lazy.read_all(arrays[variable]).astype(np.float32)
+    value = read_t5x_variable(path, variable, "from_t5x_checkpoint")
     if then is None:
       _check_shape(value.shape, shape,
                    f"from_t5x_checkpoint: {variable!r} in {path!r}")

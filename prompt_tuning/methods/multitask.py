@@ -20,7 +20,9 @@ they join into the [P, H] prompt of one example (`mode`):
 
 A prompt bank (`MultiTaskPrompt.from_files`) is "task_only" with the table a
 constant built from many single-task prompts: nothing trains, and one batch
-mixes all of them. The per-example prompts [batch, P, H] then go where
+mixes all of them. `MultiTaskPrompt.from_prompt_tuning` builds one from a
+multitask prompt trained with google-research/prompt-tuning (see
+multitask_bank). The per-example prompts [batch, P, H] then go where
 `combine` puts them, exactly as in `PromptTuning`.
 
 Task ids outside [0, num_tasks): an error when the ids are concrete (the
@@ -45,6 +47,7 @@ import numpy as np
 from prompt_tuning.methods import base
 from prompt_tuning.methods import combine as combine_lib
 from prompt_tuning.methods import initializers
+from prompt_tuning.methods import multitask_bank
 from prompt_tuning.methods.prompt_tuning import PROMPT_AXES
 from prompt_tuning.methods.prompt_tuning import PromptDecoderOnly
 from prompt_tuning.methods.prompt_tuning import PromptEncoderDecoder
@@ -227,6 +230,34 @@ class MultiTaskPrompt(base.Method):
     """An inference-only bank: task i is served with prompts[i] ([P, H]
     .npy paths or arrays, e.g. single-task prompts from pt.export_prompt)."""
     return cls(prompts=list(prompts), **kwargs)
+
+  @classmethod
+  def from_prompt_tuning(cls, checkpoint: Optional[PromptSource] = None, *,
+                         mode: str, shared: Optional[PromptSource] = None,
+                         tasks: Optional[PromptSource] = None,
+                         frozen: bool = True,
+                         shared_variable: str = multitask_bank.SHARED_VARIABLE,
+                         tasks_variable: str = multitask_bank.TASKS_VARIABLE,
+                         **kwargs) -> "MultiTaskPrompt":
+    """A multitask prompt trained with google-research/prompt-tuning.
+
+    Reads their shared prompt and flattened task table from `checkpoint`
+    (T5X, or numpy_checkpoints/checkpoint_N) or from the `shared` and
+    `tasks` .npy files / arrays; `mode` is theirs (one of
+    multitask_bank.MODES or their class name). frozen=True: a bank whose
+    row K is the prompt their model gives task K (every mode). False: this
+    mode's parameters initialized to their values, to keep training (not
+    "project"). Pass task_token_offset (the id of <extra_id_0>) to read
+    their leading task tokens; kwargs go to MultiTaskPrompt.
+    """
+    sources = dict(shared=shared, tasks=tasks,
+                   shared_variable=shared_variable,
+                   tasks_variable=tasks_variable)
+    if frozen:
+      return cls(prompts=multitask_bank.bank_from_prompt_tuning(
+          checkpoint, mode=mode, **sources), **kwargs)
+    parts = multitask_bank.read_parts(checkpoint, **sources)
+    return cls(**multitask_bank.method_kwargs(*parts, mode), **kwargs)
 
   def positions_taken(self) -> int:
     return self.length
