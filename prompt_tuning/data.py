@@ -8,7 +8,7 @@ shuffling, the global batch holds the same examples for any process count
 (in another row order), so results match a single-process run.
 
 TensorFlow and seqio are imported here and in `prompt_tuning.tasks` only
-(DESIGN.md principle 5): `import prompt_tuning` stays light.
+(docs/design.md §5): `import prompt_tuning` stays light.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Which parameters train: regexes over "/"-joined names, and the split.
 
 The trainer differentiates only the trainable subtree; the frozen rest is
-passed in as a constant (DESIGN.md principle 1). Patterns must match the
+passed in as a constant (docs/design.md §1). Patterns must match the
 whole name (`re.fullmatch`), so "prompt/prompt" does not also catch
 "decoder/prompt_norm".
 """

@@ -1,7 +1,7 @@
 """The jitted training step over the trainable subtree only.
 
 Frozen weights are an input of the step, never part of its state: they get
-no gradient buffers and no optimizer state (DESIGN.md principle 1), so a
+no gradient buffers and no optimizer state (docs/design.md §1), so a
 run's state is the trainable params, the optimizer state and the step.
 Gradients are accumulated over microbatches with `lax.scan`; a step whose
 loss or gradients are not finite leaves the state unchanged, and

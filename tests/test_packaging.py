@@ -10,7 +10,7 @@ import sys
 import prompt_tuning
 from prompt_tuning import gin_paths
 
-# Needed only by the data pipeline and tasks/ (DESIGN.md, principle 5).
+# Needed only by the data pipeline and tasks/ (docs/design.md §5).
 _HEAVY_MODULES = ("tensorflow", "tensorflow_datasets", "seqio")
 
 
@@ -70,7 +70,8 @@ def test_tasks_install_inside_prompt_tuning(tmp_path):
   import prompt_tuning.tasks  # pylint: disable=g-import-not-at-top
 
   assert prompt_tuning.tasks.__name__ == "prompt_tuning.tasks"
-  # No top-level `tasks` package may be installed (DESIGN.md).
+  # No top-level `tasks` package may be installed: tasks/ ships as
+  # prompt_tuning.tasks only.
   out = _run_python(
       "import importlib.util; print(importlib.util.find_spec('tasks'))",
       cwd=tmp_path,

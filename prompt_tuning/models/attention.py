@@ -1,4 +1,4 @@
-"""The one attention primitive (DESIGN.md principle 2).
+"""The one attention primitive (docs/design.md §2).
 
 Every use of attention in this library goes through `MultiHeadAttention`:
 plain self/cross attention, cached decoding, soft prompts (which are just
