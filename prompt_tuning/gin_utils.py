@@ -28,7 +28,7 @@ import pathlib
 import re
 import sys
 import tokenize
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence, Union
 
 from absl import flags
 import gin
@@ -36,6 +36,7 @@ import jax
 
 from prompt_tuning import console
 from prompt_tuning import files
+from prompt_tuning import gin_checks
 from prompt_tuning import gin_paths
 
 logger = logging.getLogger(__name__)
@@ -362,24 +363,37 @@ def parse_gin(gin_files: Sequence[str], gin_bindings: Sequence[str],
       _ADDED_SEARCH_PATHS.add(path)
   # Resolve all files first: a typo in the last one fails before any import.
   resolved = [resolve_gin_file(name, paths) for name in gin_files]
+
+  def include(name: str) -> Optional[str]:
+    try:
+      return resolve_gin_file(name, paths)
+    except UsageError:
+      return None
+
+  sources = []  # What was parsed, for the checks (gin reads URLs itself).
   for name, path in zip(gin_files, resolved):
+    source = None if "://" in path else gin_checks.read_file(path)
     try:
       with _quiet_include_probes():
         gin.parse_config_file(path)
     except _GIN_ERRORS as e:
-      raise UsageError(f"gin file {name}: {_describe(e)}") from e
+      raise UsageError(
+          f"gin file {name}: {_describe(e, source, include)}") from e
+    sources += [source] if source else []
   for binding in gin_bindings:  # One at a time, to name the bad one.
+    source = gin_checks.Source(binding)
     try:
       gin.parse_config(binding)
     except _GIN_ERRORS as e:
-      raise UsageError(
-          f"gin binding {binding!r}: {_describe(e, binding)}") from e
-  _check_macros_are_set()
+      raise UsageError(f"gin binding {binding!r}:"
+                       f" {_describe(e, source, include, binding)}") from e
+    sources.append(source)
+  _check_unset(gin_checks.unset(sources, include))
   try:
     with gin.unlock_config():  # Run finalize's checks, leave it unlocked.
       gin.finalize()
-  except _GIN_ERRORS as e:
-    raise UsageError(_describe_finalize_error(e)) from e
+  except _GIN_ERRORS as e:  # One the checks above did not foresee.
+    raise UsageError(_first_line(e)) from e
 
 
 class _quiet_include_probes:  # pylint: disable=invalid-name
@@ -507,31 +521,25 @@ def _write_on_process_0(model_dir: str, text: str) -> Optional[str]:
       os.path.join(model_dir, CONFIG_FILENAME), text)
 
 
-def _check_macros_are_set() -> None:
-  """Fails on the first %MACRO referenced but never set, with how to set it.
+def _check_unset(unset: list[gin_checks.Unset]) -> None:
+  """Fails on the first macro never set, or value left at %gin.REQUIRED.
 
-  gin itself reports this only at `finalize` (with the whole config in the
+  gin itself reports these only at `finalize` (with the whole config in the
   message) or when the configurable is called, after files may be written.
   """
-  config = gin.config._CONFIG  # pylint: disable=protected-access
-  macro_fn = gin.get_configurable(gin.config.macro)
-  unset: dict[str, str] = {}  # Macro name -> first binding that uses it.
-  for (scope, selector), params in list(config.items()):
-    for param, value in params.items():
-      for ref in gin.config.iterate_references(value, to=macro_fn):
-        if ref.config_key not in config:
-          name = ref.scoped_selector.rsplit("/", 1)[0]
-          user = (scope if selector == "gin.macro" else
-                  f"{scope + '/' if scope else ''}"
-                  f"{selector.rsplit('.', 1)[-1]}.{param}")
-          unset.setdefault(name, user)
   if not unset:
     return
-  name, user = next(iter(unset.items()))
-  others = [n for n in unset if n != name]
-  raise UsageError(
-      f"macro {name} is used by {user} but never set: {_macro_hint(name)}"
-      + (f" (also unset: {', '.join(others)})" if others else ""))
+  first, others = unset[0], [u.name for u in unset[1:]]
+  if first.user is not None:
+    raise UsageError(
+        f"macro {first.name} is used by {first.user} but never set:"
+        f" {_macro_hint(first.name)}"
+        + (f" (also unset: {', '.join(others)})" if others else ""))
+  if first.is_macro:
+    raise UsageError(f"macro {first.name} is required (%gin.REQUIRED):"
+                     f" {_macro_hint(first.name)}")
+  raise UsageError(f"{first.name} is required (%gin.REQUIRED): set it with"
+                   f" --gin.{first.name}=VALUE or in a --gin_file")
 
 
 def _macro_hint(name: str) -> str:
@@ -540,60 +548,24 @@ def _macro_hint(name: str) -> str:
       f" --gin.{name}=\"'...'\") or in a --gin_file")
 
 
-def _describe_finalize_error(e: BaseException) -> str:
-  """One line for the errors of gin's finalize checks."""
-  match = re.match(r"(\S+) set to `%gin.REQUIRED`", _first_line(e))
-  if match:
-    key = match.group(1)
-    if key.endswith("/macro.value"):
-      name = key[:-len("/macro.value")]
-      return f"macro {name} is required (%gin.REQUIRED): {_macro_hint(name)}"
-    return (f"{key} is required (%gin.REQUIRED): set it with"
-            f" --gin.{key}=VALUE or in a --gin_file")
-  return _describe(e)
-
-
-def _describe(e: BaseException, binding: Optional[str] = None) -> str:
+def _describe(e: BaseException, source: Optional[gin_checks.Source],
+              include: gin_checks.Resolver,
+              binding: Optional[str] = None) -> str:
   """One line for a gin parse error: what is wrong, where, and the fix."""
   if isinstance(e, tokenize.TokenError):
     return "unexpected end of input: an unclosed bracket or quote?"
   if isinstance(e, SyntaxError):
-    where = ""
-    if binding is None and e.filename and e.lineno:
-      where = f" ({e.filename}, line {e.lineno})"
-    token = re.search(r"Failed to parse token '([^']*)'", e.msg or "")
-    message = (f"cannot parse {token.group(1)!r} as a value" if token
-               else (e.msg or "invalid syntax").rstrip("."))
+    word = gin_checks.unparsable_value(e)
+    message = (f"cannot parse {word!r} as a value" if word
+               else _first_line(e.msg or "invalid syntax").rstrip("."))
     if binding is not None:
       return f"{message}; {_binding_syntax_hint(binding)}"
+    where = (f" ({e.filename}, line {e.lineno})" if e.filename and e.lineno
+             else "")
     return (f"{message}{where}; gin values are Python literals (strings"
             " quoted), @refs or %MACROS")
-  message = _first_line(e)
-  location = re.search(r'In file "([^"]+)", line (\d+)', str(e))
-  where = (f" ({location.group(1)}, line {location.group(2)})" if location
-           else "")
-  if isinstance(e, ImportError):
-    return (f"its import failed{where}: {message}; install that module or fix"
-            " the import line")
-  if isinstance(e, OSError):
-    included = re.match(r"Unable to open file: (.+?)\. Searched", message)
-    if included:
-      return (f"included file {included.group(1)} not found{where}; check the"
-              " include or add its folder with --gin_search_paths=DIR")
-    return f"{message}{where}"
-  unknown_param = re.match(
-      r"Configurable '([^']+)' doesn't have a parameter named '([^']+)'",
-      message)
-  if unknown_param:
-    fn, param = unknown_param.groups()
-    takes = _parameters_of(fn)
-    return (f"{fn} has no parameter {param!r}{where}; check the spelling"
-            + (f" ({fn} takes: {takes})" if takes else ""))
-  if message.startswith("No configurable matching"):
-    return (f"{message.rstrip('.')}{where}; check the spelling, or import the"
-            " module that defines it in a gin file (e.g."
-            " `import prompt_tuning.methods`)")
-  return f"{message}{where}"
+  problem = gin_checks.first_problem(source, include) if source else None
+  return problem or _first_line(e)
 
 
 def _binding_syntax_hint(binding: str) -> str:
@@ -607,15 +579,7 @@ def _binding_syntax_hint(binding: str) -> str:
           " quote strings")
 
 
-def _parameters_of(selector: str) -> str:
-  try:
-    fn = gin.get_configurable(selector)
-    return ", ".join(inspect.signature(fn).parameters)
-  except (KeyError, ValueError, TypeError):  # Ambiguous or not inspectable.
-    return ""
-
-
-def _first_line(e: BaseException) -> str:
+def _first_line(e: Union[BaseException, str]) -> str:
   text = str(e).strip()
   return text.splitlines()[0] if text else type(e).__name__
 
