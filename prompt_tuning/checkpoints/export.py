@@ -25,13 +25,12 @@ from __future__ import annotations
 import io
 import json
 import os
-import shutil
-import tempfile
 from typing import Any, Mapping, Optional, Union
 
 import flax.linen as nn
 import numpy as np
 
+from prompt_tuning import files as files_lib
 from prompt_tuning.methods import prefix_tuning
 from prompt_tuning.methods import prompt_tuning
 from prompt_tuning.models.configs import TransformerConfig
@@ -316,18 +315,11 @@ def _commit(out_dir: str, files: Mapping[str, bytes],
   if os.path.exists(out_dir) and not os.path.isdir(out_dir):
     raise NotADirectoryError(f"out_dir {out_dir!r} exists and is not a "
                              "directory.")
-  parent = os.path.dirname(out_dir)
-  os.makedirs(parent, exist_ok=True)
-  staging = tempfile.mkdtemp(prefix=f".{os.path.basename(out_dir)}.",
-                             suffix=".tmp", dir=parent)
-  try:
-    # mkdtemp makes it private (0700); a new out_dir gets its parent's mode.
-    os.chmod(staging, os.stat(parent).st_mode & 0o777)
+  with files_lib.staging_dir(out_dir) as staging:
     for name, data in files.items():
-      _write_file(os.path.join(staging, name), data)
+      files_lib.write_synced(os.path.join(staging, name), data)
     if not os.path.exists(out_dir):
       os.rename(staging, out_dir)
-      staging = None
       return
     for name in files:
       os.replace(os.path.join(staging, name), os.path.join(out_dir, name))
@@ -335,13 +327,5 @@ def _commit(out_dir: str, files: Mapping[str, bytes],
       path = os.path.join(out_dir, name)
       if os.path.isfile(path):
         os.remove(path)
-  finally:
-    if staging is not None:
-      shutil.rmtree(staging, ignore_errors=True)
 
 
-def _write_file(path: str, data: bytes) -> None:
-  with open(path, "wb") as f:
-    f.write(data)
-    f.flush()
-    os.fsync(f.fileno())

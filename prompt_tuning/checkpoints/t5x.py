@@ -29,9 +29,7 @@ import copy
 import os
 import posixpath
 import re
-import shutil
 import threading
-import uuid
 from typing import Any, Mapping
 
 import ml_dtypes
@@ -39,6 +37,7 @@ import numpy as np
 import tensorstore as ts
 from flax import serialization
 
+from prompt_tuning import files
 from prompt_tuning.checkpoints import lazy
 
 VERSION = 3
@@ -542,11 +541,7 @@ def write_t5x_checkpoint(params: Mapping[str, Any],
                        f"{zarr_name!r}; rename one ('.' and '/' clash).")
     zarr_names[name] = zarr_name
 
-  parent = os.path.dirname(checkpoint_dir)
-  os.makedirs(parent, exist_ok=True)
-  tmp_dir = (f"{checkpoint_dir}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
-  os.makedirs(tmp_dir)
-  try:
+  with files.staging_dir(checkpoint_dir) as tmp_dir:
     target_tree = {}
     for name, array in flat.items():
       if array.nbytes <= inline_max_size:
@@ -571,7 +566,4 @@ def write_t5x_checkpoint(params: Mapping[str, Any],
           f"{checkpoint_dir!r} appeared while writing; refusing to overwrite "
           "it. Choose a new directory.")
     os.rename(tmp_dir, checkpoint_dir)
-  except BaseException:
-    shutil.rmtree(tmp_dir, ignore_errors=True)
-    raise
   return checkpoint_dir
