@@ -381,6 +381,7 @@ def bench_model(name: str, args, peak: float, workdir: str,
                 profile: bool) -> dict[str, Any]:
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
+  from prompt_tuning import trainable  # pylint: disable=g-import-not-at-top
   gin_files, base_source = MODELS[name]
   base = None
   if base_source is not None:
@@ -468,8 +469,7 @@ def bench_model(name: str, args, peak: float, workdir: str,
       "model": name, "gin_files": list(gin_files), "argv": list(argv),
       "method": (type(capture.model.method).__name__
                  if capture.model.method is not None else "ModelTuning"),
-      "params": int(sum(x.size for x in jax.tree.leaves(
-          (capture.init_state.params, frozen)))),
+      "params": trainable.count((capture.init_state.params, frozen)),
       "batch": batch_size,
       "shapes": {k: list(v.shape) for k, v in batch.items()},
       "packed": any(k.endswith("_segment_ids") for k in batch),

@@ -158,7 +158,7 @@ def build_ours(path: str, method: str, s: Shape, batch,
   return {"run": run, "trace_s": traced - start,
           "compile_s": compiled_at - traced, "xla_flops": xla_flops,
           "box": box, "compiled": compiled,
-          "trainable": sum(x.size for x in jax.tree.leaves(state.params))}
+          "trainable": pt.trainable.count(state.params)}
 
 
 # ----------------------------------------------------------------------------

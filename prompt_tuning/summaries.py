@@ -16,7 +16,8 @@ import time
 from typing import Any, Mapping, Optional, Sequence
 
 import jax
-import numpy as np
+
+from prompt_tuning import trainable
 
 
 class MetricWriters:
@@ -111,10 +112,6 @@ class Throughput:
     return self._steps * self.examples_per_step / elapsed
 
 
-def _count(tree: Any) -> int:
-  return int(sum(np.prod(x.shape) for x in jax.tree.leaves(tree)))
-
-
 def screen(title: str, rows: Mapping[str, Any]) -> str:
   """A titled block of `name: value` rows, printed by process 0."""
   width = max([len(k) for k in rows] + [0])
@@ -149,7 +146,8 @@ def start_rows(model: Any, trainable_params: Any, frozen_params: Any,
                mesh: Any) -> dict[str, Any]:
   """The rows every binary's start screen shows."""
   config = model.config
-  train, frozen = _count(trainable_params), _count(frozen_params)
+  train, frozen = (trainable.count(trainable_params),
+                   trainable.count(frozen_params))
   method = type(model.method).__name__ if model.method else "model tuning"
   share = 100.0 * train / max(train + frozen, 1)
   return {

@@ -8,11 +8,13 @@ whole name (`re.fullmatch`), so "prompt/prompt" does not also catch
 
 from __future__ import annotations
 
+import math
 import re
 from typing import Any, Sequence
 
 import flax
 import flax.linen as nn
+import jax
 
 Params = Any
 
@@ -48,11 +50,14 @@ def merge(trainable: Params, frozen: Params) -> Params:
   return flax.traverse_util.unflatten_dict(flat, sep="/")
 
 
+def count(tree: Params) -> int:
+  """Scalars in a tree of arrays or of shapes (`jax.ShapeDtypeStruct`)."""
+  return sum(math.prod(x.shape) for x in jax.tree.leaves(tree))
+
+
 def count_trainable(model) -> tuple[int, int]:
   """(trainable, frozen) scalar counts of a model, from shapes alone."""
-  params = nn.meta.unbox(model.abstract_params())
-  patterns = model.trainable_patterns
-  flat = _flat(params)
-  train = sum(int(v.size) for n, v in flat.items()
-              if is_trainable(n, patterns))
-  return train, sum(int(v.size) for v in flat.values()) - train
+  flat = _flat(nn.meta.unbox(model.abstract_params()))
+  train = count([v for n, v in flat.items()
+                 if is_trainable(n, model.trainable_patterns)])
+  return train, count(list(flat.values())) - train
