@@ -100,6 +100,14 @@ def feature_converter(model: model_wrappers.BaseModel, pack: bool = False):
   return seqio.DecoderFeatureConverter(pack=pack)
 
 
+def check_dataset(cfg: DatasetConfig, model: model_wrappers.BaseModel
+                  ) -> Any:
+  """The task or mixture `cfg` names, once `model` can take its lengths."""
+  task = get_task(cfg.mixture_or_task_name, cfg.module)
+  check_feature_lengths(model, cfg.task_feature_lengths)
+  return task
+
+
 def check_feature_lengths(model: model_wrappers.BaseModel,
                           lengths: Mapping[str, int]) -> None:
   """Rejects lengths the model cannot take once the method's prompt is in.
@@ -153,8 +161,7 @@ def get_dataset(cfg: DatasetConfig, model: model_wrappers.BaseModel, *,
     raise ValueError(
         f"BATCH_SIZE={cfg.batch_size} is not divisible by the {num_shards} "
         "processes; use a multiple of the process count.")
-  task = get_task(cfg.mixture_or_task_name, cfg.module)
-  check_feature_lengths(model, cfg.task_feature_lengths)
+  task = check_dataset(cfg, model)
   missing = [k for k in task.output_features
              if k not in cfg.task_feature_lengths
              and task.output_features[k].required]

@@ -28,7 +28,6 @@ from jax.sharding import Mesh
 
 from prompt_tuning import data
 from prompt_tuning import files
-from prompt_tuning import losses
 from prompt_tuning import model_wrappers
 
 Params = Any
@@ -119,8 +118,7 @@ class Evaluator:
                num_examples: Optional[int] = None):
     """`num_examples`: evaluate the split's first N examples (None: all)."""
     import seqio  # pylint: disable=g-import-not-at-top  # Heavy: TF.
-    data.get_task(dataset_cfg.mixture_or_task_name, dataset_cfg.module)
-    data.check_feature_lengths(model, dataset_cfg.task_feature_lengths)
+    data.check_dataset(dataset_cfg, model)
     check_batch_size(dataset_cfg.batch_size, mesh)
     self.model = model
     self.dataset_cfg = dataset_cfg
@@ -239,15 +237,10 @@ def _token_stats(model: model_wrappers.BaseModel, params: Params,
   (label smoothing, z-loss) are the model's.
   """
   logits = model.compute_logits(params, batch)
-  targets = batch["decoder_target_tokens"]
-  weights = losses.maybe_weights(targets, batch.get("decoder_loss_weights"))
-  loss, z_loss, weight_sum = losses.weighted_cross_entropy(
-      logits, targets, weights, label_smoothing=model.label_smoothing,
-      z_loss=model.z_loss, loss_normalizing_factor=None)
-  correct = jnp.sum(losses.token_accuracy(logits, targets) * weights)
+  stats, weights = model.token_stats(logits, batch,
+                                     loss_normalizing_factor=None)
   examples = jnp.sum(jnp.any(weights > 0, axis=-1))
-  return {"loss": loss, "z_loss": z_loss, "weight_sum": weight_sum,
-          "correct": correct, "examples": examples.astype(jnp.float32)}
+  return dict(stats, examples=examples.astype(jnp.float32))
 
 
 def _padded_batches(ds: Any, rows: int,

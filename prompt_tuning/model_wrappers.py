@@ -168,20 +168,31 @@ class BaseModel:
     """Weighted token cross-entropy (+ z-loss); dropout iff an rng is given."""
     self._check_method_batch(batch)
     logits = self.compute_logits(params, batch, dropout_rng)
+    stats, _ = self.token_stats(logits, batch, self.loss_normalizing_factor)
+    loss, z_loss, weight_sum = (stats["loss"], stats["z_loss"],
+                                stats["weight_sum"])
+    metrics = {
+        "loss": loss, "z_loss": z_loss, "cross_ent_loss": loss - z_loss,
+        "weight_sum": weight_sum,
+        "accuracy": stats["correct"] / jnp.maximum(weight_sum, 1.0),
+    }
+    return loss, metrics
+
+  def token_stats(self, logits: jax.Array, batch: Batch,
+                  loss_normalizing_factor: losses.LossNormalizer
+                  ) -> tuple[dict[str, jax.Array], jax.Array]:
+    """({loss, z_loss, weight_sum, correct}, weights [b, L]) over the
+    batch's weighted targets, with the model's loss options: the one
+    formula of `loss_fn` and evaluation (which sums: factor None)."""
     targets = batch["decoder_target_tokens"]
     weights = losses.maybe_weights(targets, batch.get("decoder_loss_weights"))
     loss, z_loss, weight_sum = losses.weighted_cross_entropy(
         logits, targets, weights, label_smoothing=self.label_smoothing,
-        z_loss=self.z_loss,
-        loss_normalizing_factor=self.loss_normalizing_factor,
+        z_loss=self.z_loss, loss_normalizing_factor=loss_normalizing_factor,
         segment_ids=batch.get("decoder_segment_ids"))
-    correct = losses.token_accuracy(logits, targets)
-    metrics = {
-        "loss": loss, "z_loss": z_loss, "cross_ent_loss": loss - z_loss,
-        "weight_sum": weight_sum,
-        "accuracy": jnp.sum(correct * weights) / jnp.maximum(weight_sum, 1.0),
-    }
-    return loss, metrics
+    correct = jnp.sum(losses.token_accuracy(logits, targets) * weights)
+    return {"loss": loss, "z_loss": z_loss, "weight_sum": weight_sum,
+            "correct": correct}, weights
 
   def score_batch(self, params: Params, batch: Batch,
                   return_intermediates: bool = False) -> jax.Array:

@@ -162,11 +162,10 @@ def load_trained_model(dataset_cfg: data.DatasetConfig,
   (`load_model`), the trained part from CHECKPOINT_PATH (`label` names it:
   `checkpoint_<step>` or the prompt file's name).
   """
-  task = data.get_task(dataset_cfg.mixture_or_task_name, dataset_cfg.module)
+  data.get_task(dataset_cfg.mixture_or_task_name, dataset_cfg.module)
   mesh = partitioning.make_mesh()
   model, params = load_model(mesh=mesh)
-  data.check_feature_lengths(model, dataset_cfg.task_feature_lengths)
-  data.check_vocabularies(model, task)
+  data.check_vocabularies(model, data.check_dataset(dataset_cfg, model))
   evaluation.check_batch_size(dataset_cfg.batch_size, mesh)
   params, label = load_trained(model, params, checkpoint_path)
   return mesh, model, params, label

@@ -155,8 +155,7 @@ def train(*, model_dir: str = gin.REQUIRED,
   train_ds = data.get_dataset(train_dataset_cfg, model)
   for cfg in (train_eval_dataset_cfg, infer_eval_dataset_cfg):
     if cfg is not None:
-      data.get_task(cfg.mixture_or_task_name, cfg.module)
-      data.check_feature_lengths(model, cfg.task_feature_lengths)
+      data.check_dataset(cfg, model)
   state, frozen = trainer.init_state(model, params, optimizer)
   del params
   base = model.base_path
