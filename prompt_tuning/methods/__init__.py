@@ -16,4 +16,5 @@ for _factory in (initializers.uniform, initializers.normal,
                  initializers.from_class_labels, initializers.from_text,
                  initializers.from_npy, initializers.from_array,
                  initializers.from_t5x_checkpoint):
-  gin.external_configurable(_factory, module="prompt_tuning.initializers")
+  # Registered under their own module, prompt_tuning.methods.initializers.
+  gin.external_configurable(_factory)

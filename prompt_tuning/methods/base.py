@@ -2,7 +2,8 @@
 
 A method builds the Flax module (a network subclass overriding the hooks of
 `models.transformer.MethodHooks`), names the T5X-interface wrapper that
-drives it, and says which parameters train. The same objects are what gin
+drives it, and says which parameters train; `method_param` is how its
+modules create their parameters. The same objects are what gin
 binds and what a notebook passes to `pt.load_pretrained(..., method=...)`.
 """
 
@@ -11,8 +12,10 @@ from __future__ import annotations
 from typing import Optional, Sequence
 
 import flax.linen as nn
+import jax
 
 from prompt_tuning import model_wrappers
+from prompt_tuning.methods import initializers
 from prompt_tuning.models import transformer
 from prompt_tuning.models.configs import TransformerConfig
 
@@ -82,3 +85,16 @@ class Method:
                   **kwargs) -> model_wrappers.BaseModel:
     return self.wrapper_class(config)(
         config, module=self.build_module(config), method=self, **kwargs)
+
+
+def method_param(module: nn.Module, name: str,
+                 initializer: initializers.Initializer,
+                 shape: Sequence[int], axes: tuple[str, ...],
+                 embedding: Optional[jax.Array] = None) -> jax.Array:
+  """A float32 method parameter with logical axes; its initializer may read
+  the frozen token embedding (sampled vocabulary, class labels, text) or be
+  a Flax/JAX initializer."""
+  init = lambda rng, shape: initializers.initialize(initializer, rng, shape,
+                                                    embedding)
+  return module.param(name, nn.with_logical_partitioning(init, axes),
+                      tuple(shape))

@@ -57,7 +57,6 @@ import numpy as np
 from prompt_tuning import model_wrappers
 from prompt_tuning.methods import base
 from prompt_tuning.methods import initializers
-from prompt_tuning.methods.prompt_tuning import method_param
 from prompt_tuning.models import masks
 from prompt_tuning.models import transformer
 from prompt_tuning.models.configs import TransformerConfig
@@ -114,12 +113,12 @@ class StagePrompts(nn.Module):
   @nn.compact
   def __call__(self, stage: int) -> jax.Array:
     """Stage `stage`'s prompt max(alpha, 1) * phi: [layers, 2, P, h, d]."""
-    phi = method_param(
+    phi = base.method_param(
         self, "prompts", self.initializer,
         (self.num_stages, self.num_layers, 2, self.length, self.num_heads,
          self.head_dim), PROMPT_AXES)
-    alpha = method_param(self, "scales", nn.initializers.ones,
-                         (self.num_stages,), SCALE_AXES)
+    alpha = base.method_param(self, "scales", nn.initializers.ones,
+                              (self.num_stages,), SCALE_AXES)
     index = 0 if self.num_stages == 1 else stage
     return jnp.maximum(alpha[index], 1.0) * phi[index]
 

@@ -52,7 +52,6 @@ from prompt_tuning.methods.prompt_tuning import PROMPT_AXES
 from prompt_tuning.methods.prompt_tuning import PromptDecoderOnly
 from prompt_tuning.methods.prompt_tuning import PromptEncoderDecoder
 from prompt_tuning.methods.prompt_tuning import load_prompt
-from prompt_tuning.methods.prompt_tuning import method_param
 from prompt_tuning.models.configs import TransformerConfig
 
 __all__ = ["MODES", "MultiTaskPrompt", "per_task"]
@@ -375,13 +374,14 @@ class MultiTaskSoftPrompt(nn.Module):
     shared_shape, task_shape = m.part_shapes(self.features)
     shared = None
     if shared_shape is not None:
-      shared = method_param(self, "shared", m.shared_initializer,
-                            shared_shape, PROMPT_AXES, embedding)
+      shared = base.method_param(self, "shared", m.shared_initializer,
+                                 shared_shape, PROMPT_AXES, embedding)
     if m.prompts is not None:
       tasks = jnp.asarray(m.prompts, jnp.float32)
     else:
-      tasks = method_param(self, "tasks", m.task_init(),
-                           (m.num_tasks,) + task_shape, TASK_AXES, embedding)
+      tasks = base.method_param(
+          self, "tasks", m.task_init(), (m.num_tasks,) + task_shape,
+          TASK_AXES, embedding)
     # NaN rows for ids out of range (see the module doc); jnp.take alone
     # would wrap negative ids around.
     in_range = (task_ids >= 0) & (task_ids < m.num_tasks)

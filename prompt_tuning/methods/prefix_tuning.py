@@ -35,7 +35,6 @@ import jax.numpy as jnp
 
 from prompt_tuning.methods import base
 from prompt_tuning.methods import initializers
-from prompt_tuning.methods.prompt_tuning import method_param
 from prompt_tuning.models import layers
 from prompt_tuning.models import transformer
 from prompt_tuning.models.configs import TransformerConfig
@@ -65,9 +64,9 @@ class PrefixTable(nn.Module):
     if self.reparameterization == "mlp":
       # Same layout as PEFT's prompt_embeddings -> past_key_values: output
       # features split as [layers * 2, heads, head_dim].
-      hidden = method_param(self, "embedding", self.initializer,
-                            (self.length, self.emb_dim),
-                            ("prompt", "prompt_embed"))
+      hidden = base.method_param(self, "embedding", self.initializer,
+                                 (self.length, self.emb_dim),
+                                 ("prompt", "prompt_embed"))
       hidden = layers.Dense(self.mlp_dim, ("prompt_embed", "prompt_mlp"),
                             use_bias=True, name="mlp_in")(hidden)
       hidden = jnp.tanh(hidden)
@@ -78,9 +77,11 @@ class PrefixTable(nn.Module):
       table = flat.reshape(self.length, self.num_layers, 2, self.num_heads,
                            self.head_dim).transpose(1, 2, 0, 3, 4)
     else:
-      table = method_param(self, "kv", self.initializer, shape, TABLE_AXES)
+      table = base.method_param(self, "kv", self.initializer, shape,
+                                TABLE_AXES)
       if self.reparameterization == "scaled":
-        alpha = method_param(self, "scale", lambda *_: jnp.ones(()), (), ())
+        alpha = base.method_param(self, "scale", lambda *_: jnp.ones(()),
+                                  (), ())
         table = jnp.maximum(alpha, 1.0) * table
     return nn.Dropout(self.dropout_rate)(table, deterministic=deterministic)
 

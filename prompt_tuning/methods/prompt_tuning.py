@@ -32,19 +32,6 @@ from prompt_tuning.models.configs import TransformerConfig
 PROMPT_AXES = ("prompt", "prompt_embed")
 
 
-def method_param(module: nn.Module, name: str,
-                 initializer: initializers.Initializer,
-                 shape: Sequence[int], axes: tuple[str, ...],
-                 embedding: Optional[jax.Array] = None) -> jax.Array:
-  """A float32 method parameter with logical axes; its initializer may read
-  the frozen token embedding (sampled vocabulary, class labels, text) or be
-  a Flax/JAX initializer."""
-  init = lambda rng, shape: initializers.initialize(initializer, rng, shape,
-                                                    embedding)
-  return module.param(name, nn.with_logical_partitioning(init, axes),
-                      tuple(shape))
-
-
 class SoftPrompt(nn.Module):
   """The [P, H] prompt: a parameter, or a constant when serving a file."""
 
@@ -58,8 +45,9 @@ class SoftPrompt(nn.Module):
     """embedding: the token table [vocab, H] for data-dependent inits."""
     if self.constant is not None:
       return jnp.asarray(self.constant, jnp.float32)
-    return method_param(self, "prompt", self.initializer,
-                        (self.length, self.features), PROMPT_AXES, embedding)
+    return base.method_param(self, "prompt", self.initializer,
+                             (self.length, self.features), PROMPT_AXES,
+                             embedding)
 
 
 def load_prompt(source: Union[str, os.PathLike, np.ndarray],
