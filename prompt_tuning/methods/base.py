@@ -9,7 +9,7 @@ binds and what a notebook passes to `pt.load_pretrained(..., method=...)`.
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from typing import Mapping, Optional, Sequence
 
 import flax.linen as nn
 import jax
@@ -69,10 +69,18 @@ class Method:
     wrappers call it outside jit, where values are concrete)."""
     del batch
 
+  def networks(self) -> Mapping[str, type[nn.Module]]:
+    """The network class per architecture that carries this method (its
+    hooks); an architecture left out gets the plain network."""
+    return {}
+
   def build_module(self, config: TransformerConfig) -> nn.Module:
     """The network with this method attached."""
     self.check_config(config)
-    return transformer.build_module(config)
+    network = self.networks().get(config.architecture)
+    if network is None:
+      return transformer.build_module(config)
+    return network(config, method=self)
 
   def wrapper_class(self, config: TransformerConfig
                     ) -> type[model_wrappers.BaseModel]:

@@ -45,16 +45,16 @@ real tokens: it is masked out of every stage's keys and carried states.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Optional, Sequence
+from typing import Any, Mapping, Optional, Sequence
 
 import flax
 import flax.linen as nn
 import gin
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from prompt_tuning import model_wrappers
+from prompt_tuning import trainable
 from prompt_tuning.methods import base
 from prompt_tuning.methods import initializers
 from prompt_tuning.models import masks
@@ -187,9 +187,8 @@ class MultiStagePrompting(base.Method):
         num_heads=config.num_heads, head_dim=config.head_dim,
         num_stages=self.num_stages, initializer=self.initializer, name="msp")
 
-  def build_module(self, config: TransformerConfig) -> nn.Module:
-    self.check_config(config)
-    return MspDecoderOnly(config, method=self)
+  def networks(self) -> Mapping[str, type[nn.Module]]:
+    return {"decoder_only": MspDecoderOnly}
 
   def wrapper_class(self, config: TransformerConfig
                     ) -> type[model_wrappers.BaseModel]:
@@ -200,7 +199,7 @@ class MultiStagePrompting(base.Method):
   def num_params(self, config: TransformerConfig) -> int:
     """MSP's parameter count for `config`, from shapes only (no arrays)."""
     params = nn.meta.unbox(self.build_model(config).abstract_params())
-    return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(params["msp"]))
+    return trainable.count(params["msp"])
 
 
 def _past(prompt: jax.Array, source: Optional[SourceStates],

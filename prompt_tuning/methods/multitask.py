@@ -334,11 +334,8 @@ class MultiTaskPrompt(base.Method):
   def soft_prompt(self, config: TransformerConfig) -> MultiTaskSoftPrompt:
     return MultiTaskSoftPrompt(self, config.emb_dim, name="prompt")
 
-  def build_module(self, config: TransformerConfig) -> nn.Module:
-    self.check_config(config)
-    if config.architecture == "encoder_decoder":
-      return MultiTaskEncoderDecoder(config, method=self)
-    return MultiTaskDecoderOnly(config, method=self)
+  def networks(self) -> Mapping[str, type[nn.Module]]:
+    return {"encoder_decoder": MultiTaskEncoderDecoder, "decoder_only": MultiTaskDecoderOnly}
 
 
 def _check_task_ids(task_ids: jax.Array, num_tasks: int,

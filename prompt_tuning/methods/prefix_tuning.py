@@ -155,11 +155,8 @@ class PrefixTuning(base.Method):
         dropout_rate=self.dropout_rate, initializer=self.initializer,
         name=kind)
 
-  def build_module(self, config: TransformerConfig) -> nn.Module:
-    self.check_config(config)
-    if config.architecture == "encoder_decoder":
-      return PrefixEncoderDecoder(config, method=self)
-    return PrefixDecoderOnly(config, method=self)
+  def networks(self) -> Mapping[str, type[nn.Module]]:
+    return {"encoder_decoder": PrefixEncoderDecoder, "decoder_only": PrefixDecoderOnly}
 
 
 class Prefixes(nn.Module):

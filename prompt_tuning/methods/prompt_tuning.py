@@ -135,11 +135,8 @@ class PromptTuning(base.Method):
     return SoftPrompt(self.length, config.emb_dim, self.initializer,
                       self.prompt, name="prompt")
 
-  def build_module(self, config: TransformerConfig) -> nn.Module:
-    self.check_config(config)
-    if config.architecture == "encoder_decoder":
-      return PromptEncoderDecoder(config, method=self)
-    return PromptDecoderOnly(config, method=self)
+  def networks(self) -> Mapping[str, type[nn.Module]]:
+    return {"encoder_decoder": PromptEncoderDecoder, "decoder_only": PromptDecoderOnly}
 
 
 class PromptEncoderDecoder(transformer.EncoderDecoder):
