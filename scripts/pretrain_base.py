@@ -83,7 +83,7 @@ PLANS = {
     "bible_t5_tiny": _t5(span_steps=900, lm_steps=600, batch=32),
     "bible_t5_small": _t5(span_steps=900, lm_steps=600, batch=32),
     "bible_t5_base": _t5(span_steps=900, lm_steps=600, batch=32),
-    "bible_gpt2_small": _gpt2(steps=1100, batch=16),
+    "bible_gpt2_small": _gpt2(steps=1500, batch=16),
     "bible_gpt2_medium": _gpt2(steps=1100, batch=16),
 }
 
