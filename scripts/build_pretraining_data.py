@@ -27,7 +27,9 @@ reads exactly as in the demo data. What this script adds:
 * Documents: passages of consecutive verses of one chapter and version
   (PASSAGE_WORDS), and a share of bilingual documents, an English passage
   and the Spanish one of the same verses separated by a newline
-  (BILINGUAL_SHARE). Each kept verse of each version is in one document.
+  (BILINGUAL_SHARE), and a share of parallel English documents, a WEB
+  passage and the KJV one (PARALLEL_SHARE). Each kept verse of each
+  version is in one document.
 
 The output's bytes depend only on the inputs (gzip without a timestamp).
 Only the standard library is used, so it runs without the project installed.
@@ -47,7 +49,7 @@ import pathlib
 import re
 import shutil
 import sys
-from typing import Iterable, Iterator, Mapping, Sequence
+from typing import Callable, Iterable, Iterator, Mapping, Sequence
 
 # scripts/ is no package: import the demo builder as a sibling module.
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
@@ -92,10 +94,17 @@ MAX_PASSAGE_WORDS = 120
 # per language: short enough that both halves fit in one pretraining window
 # (prefix LM 64+64 tokens, span corruption 128), so every bilingual document
 # shows a passage beside its translation (see tasks/data/README.md).
-BILINGUAL_SHARE = 0.30
+BILINGUAL_SHARE = 0.27
 BILINGUAL_PASSAGE_WORDS = 25
 MAX_BILINGUAL_PASSAGE_WORDS = 45
 BILINGUAL_SALT = "bilingual:"
+# Share of all documents that are parallel English: a WEB passage and the
+# KJV passage of the same verses (same lengths as bilingual ones). Two
+# renderings of one text side by side are where a small model learns to
+# find and copy what it has already read, which translation builds on
+# (see tasks/data/README.md).
+PARALLEL_SHARE = 0.18
+PARALLEL_SALT = "parallel:"
 
 HELDOUT_COLUMNS = ("ref", "set")
 DEMO_SETS = {"validation": "demo_validation", "test": "demo_test"}
@@ -355,7 +364,9 @@ def build(records: Mapping[str, Mapping[str, str]],
     return {
         "id": passage_id([v.key for v, _ in parts], refs),
         "split": split(refs[0]),
-        "kind": "bilingual" if len(parts) > 1 else "monolingual",
+        "kind": ("monolingual" if len(parts) == 1 else
+                 "parallel" if parts[0][0].lang == parts[1][0].lang else
+                 "bilingual"),
         "langs": [v.lang for v, _ in parts],
         "versions": [v.key for v, _ in parts],
         "text": "\n".join(" ".join(texts[v.key][r] for r in rs)
@@ -366,42 +377,68 @@ def build(records: Mapping[str, Mapping[str, str]],
   # Bilingual documents start from short Spanish passages: each picks an
   # English version and an order by its hash, and qualifies when that
   # version has the same verses, aligned, of comparable length, and both
-  # sides are at most MAX_BILINGUAL_PASSAGE_WORDS.
-  eligible = []
-  for refs in passages(RV1909, set(), BILINGUAL_PASSAGE_WORDS):
-    digest = hashlib.sha256(
-        (BILINGUAL_SALT + passage_id([RV1909.key], refs)).encode()).digest()
-    english = ENGLISH[digest[0] % 2]
-    if all(r in aligned[english.key] and r in words[english.key] and
-           _ratio_ok(texts[english.key][r], texts[RV1909.key][r])
-           for r in refs) and max(
-               sum(words[v.key][r] for r in refs)
-               for v in (english, RV1909)) <= MAX_BILINGUAL_PASSAGE_WORDS:
-      eligible.append((digest, english, refs))
-  eligible.sort(key=lambda e: e[0])
+  # sides are at most MAX_BILINGUAL_PASSAGE_WORDS. Parallel documents do
+  # the same from short WEB passages with the KJV.
+  def candidates(first: Version, salt: str,
+                 second_of: Callable[[bytes], Version],
+                 alignment: Mapping[str, set[str]]
+                 ) -> list[tuple[bytes, Version, Version, list[str]]]:
+    found = []
+    for refs in passages(first, set(), BILINGUAL_PASSAGE_WORDS):
+      digest = hashlib.sha256(
+          (salt + passage_id([first.key], refs)).encode()).digest()
+      second = second_of(digest)
+      if all(r in alignment[second.key] and r in words[second.key] and
+             _ratio_ok(texts[second.key][r], texts[first.key][r])
+             for r in refs) and max(
+                 sum(words[v.key][r] for r in refs)
+                 for v in (first, second)) <= MAX_BILINGUAL_PASSAGE_WORDS:
+        found.append((digest, first, second, refs))
+    return sorted(found, key=lambda c: c[0])
 
-  def assemble(count: int) -> list[dict[str, object]]:
+  bilingual = candidates(RV1909, BILINGUAL_SALT,
+                         lambda digest: ENGLISH[digest[0] % 2], aligned)
+  # WEB and KJV verses are aligned with each other where both are aligned
+  # with RV1909 (whose versification is the KJV's).
+  parallel = candidates(WEB, PARALLEL_SALT, lambda digest: KJV,
+                        {KJV.key: aligned[WEB.key] & aligned[KJV.key]})
+
+  def assemble(bilingual_count: int, parallel_count: int
+               ) -> list[dict[str, object]]:
     consumed = {v.key: set() for v in VERSIONS}
     documents = []
-    for digest, english, refs in eligible[:count]:
-      consumed[english.key].update(refs)
-      consumed[RV1909.key].update(refs)
-      parts = [(english, refs), (RV1909, refs)]
-      documents.append(document(parts if digest[1] % 2 else parts[::-1]))
+
+    def take(pairs, count):
+      taken = 0
+      for digest, first, second, refs in pairs:
+        if taken == count:
+          break
+        if consumed[first.key] & set(refs) or consumed[second.key] & set(refs):
+          continue
+        consumed[first.key].update(refs)
+        consumed[second.key].update(refs)
+        parts = [(second, refs), (first, refs)]
+        documents.append(document(parts if digest[1] % 2 else parts[::-1]))
+        taken += 1
+      return taken
+
+    take(bilingual, bilingual_count)
+    take(parallel, parallel_count)
     for v in VERSIONS:
       documents += [document([(v, refs)])
                     for refs in passages(v, consumed[v.key])]
     return documents
 
-  # The bilingual documents use up verses the monolingual passages would
-  # have held, so the count that makes BILINGUAL_SHARE of all documents is
-  # found by a few fixed-point rounds: count = share * all documents.
-  count = 0
-  for _ in range(4):
-    monolingual = len(assemble(count)) - count
-    count = min(len(eligible), round(
-        BILINGUAL_SHARE * monolingual / (1 - BILINGUAL_SHARE)))
-  documents = assemble(count)
+  # The paired documents use up verses the monolingual passages would have
+  # held, so the counts that make BILINGUAL_SHARE and PARALLEL_SHARE of all
+  # documents are found by a few fixed-point rounds: count = share * all.
+  counts = (0, 0)
+  for _ in range(6):
+    monolingual = len(assemble(*counts)) - sum(counts)
+    total = monolingual / (1 - BILINGUAL_SHARE - PARALLEL_SHARE)
+    counts = (min(len(bilingual), round(BILINGUAL_SHARE * total)),
+              min(len(parallel), round(PARALLEL_SHARE * total)))
+  documents = assemble(*counts)
 
   documents.sort(key=lambda doc: (
       order[chapter_of(doc["_first"])], verse_number(doc["_first"]),
@@ -452,11 +489,14 @@ def summary(corpus: Corpus) -> str:
       t[1] += len(text.split())
       t[2] += len(text.encode())
   for split in ("train", "validation", "all"):
-    for kind in ("monolingual", "bilingual", "all"):
+    for kind in ("monolingual", "bilingual", "parallel", "all"):
       d, w, b = totals[split, kind]
       lines.append(f"| {split} | {kind} | {d:,} | {w:,} | {b:,} |")
-  share = totals["all", "bilingual"][0] / totals["all", "all"][0]
-  lines.append(f"bilingual share of documents: {share:.4f}")
+  for kind in ("bilingual", "parallel"):
+    share = totals["all", kind][0] / totals["all", "all"][0]
+    words = totals["all", kind][1] / totals["all", "all"][1]
+    lines.append(f"{kind} share of documents: {share:.4f} (of words: "
+                 f"{words:.4f})")
   lines.append("held-out references: " + ", ".join(
       f"{s} {n}" for s, n in sorted(collections.Counter(
           corpus.heldout.values()).items())))

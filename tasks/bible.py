@@ -1,7 +1,8 @@
 """Tasks on the shipped Bible corpus, in the shipped bases' vocabulary.
 
 Pretraining (data/pretrain_bible.jsonl.gz: passages of the WEB, KJV and
-Reina-Valera 1909, about 30% of them bilingual; see data/README.md):
+Reina-Valera 1909; 27% of them bilingual, 18% parallel English; see
+data/README.md):
 
 * `bible_span_corruption`: T5's objective (noise 0.15, mean span 3);
 * `bible_prefix_lm`: LM adaptation (a prefix in, its continuation out);
@@ -15,6 +16,13 @@ validation and test verses never appear in pretraining, in any version:
 * `bible_en_es`, `bible_es_en`: verse translation. The input is the bare
   source verse, with no instruction words: the trained prompt (or prefix)
   is what asks for a translation. BLEU and chrF.
+* `bible_en_es_lm`, `bible_es_en_lm`: the same pairs written as a
+  bilingual pretraining document is, for decoder-only bases: the input is
+  the source verse and a newline (no EOS), the target its translation.
+  seqio's decoder-only converter joins them into `source\ntarget</s>`,
+  scored on the target. (The encoder-decoder format would put an EOS
+  between them, and a decoder-only base has learnt that what follows an
+  EOS is an unrelated document.)
 * `bible_en_es_msp`: the same pairs in MSP's decoder-only format.
 """
 
@@ -37,6 +45,9 @@ PRETRAIN_FILE = pathlib.Path(__file__).resolve().parent / "data" / (
     "pretrain_bible.jsonl.gz")
 PRETRAIN_PREFIX = "bible"
 TRANSLATION_TASKS = {"bible_en_es": ("en", "es"), "bible_es_en": ("es", "en")}
+DOCUMENT_TASKS = {"bible_en_es_lm": ("en", "es"), "bible_es_en_lm": ("es", "en")}
+# What separates a bilingual document's two passages.
+DOCUMENT_SEPARATOR = "\n"
 MSP_TASK_NAME = "bible_en_es_msp"
 # Pieces, EOS included, that hold ~99% of the demo's verses whole
 # (1.3 pieces per English word, 1.4 per Spanish word).
@@ -66,14 +77,17 @@ def _pretraining_dataset(split: str, shuffle_files: bool,
   return tf.data.Dataset.from_tensor_slices({"text": list(documents(split))})
 
 
-def _translation_format(source: str, target: str):
+def _translation_format(source: str, target: str, suffix: str = ""):
   def fmt(dataset: tf.data.Dataset) -> tf.data.Dataset:
-    return dataset.map(lambda ex: {"inputs": ex[source], "targets": ex[target]},
-                       num_parallel_calls=tf.data.AUTOTUNE)
+    return dataset.map(
+        lambda ex: {"inputs": tf.strings.join([ex[source], suffix]),
+                    "targets": ex[target]},
+        num_parallel_calls=tf.data.AUTOTUNE)
   return fmt
 
 
-def _register_translation(name: str, formatter) -> None:
+def _register_translation(name: str, formatter,
+                          inputs_eos: bool = True) -> None:
   if name in seqio.TaskRegistry.names():
     return
   vocabulary = vocabularies.bible_vocabulary()
@@ -84,8 +98,9 @@ def _register_translation(name: str, formatter) -> None:
           num_input_examples=demo.NUM_EXAMPLES),
       preprocessors=[formatter, seqio.preprocessors.tokenize,
                      seqio.preprocessors.append_eos_after_trim],
-      output_features={k: seqio.Feature(vocabulary, add_eos=True)
-                       for k in ("inputs", "targets")},
+      output_features={
+          "inputs": seqio.Feature(vocabulary, add_eos=inputs_eos),
+          "targets": seqio.Feature(vocabulary, add_eos=True)},
       metric_fns=[metrics.bleu, demo.chrf])
 
 
@@ -98,8 +113,12 @@ def register() -> tuple[str, ...]:
       PRETRAIN_PREFIX, source, vocabularies.bible_vocabulary())
   for name, (source_lang, target_lang) in TRANSLATION_TASKS.items():
     _register_translation(name, _translation_format(source_lang, target_lang))
+  for name, (source_lang, target_lang) in DOCUMENT_TASKS.items():
+    _register_translation(
+        name, _translation_format(source_lang, target_lang,
+                                  DOCUMENT_SEPARATOR), inputs_eos=False)
   _register_translation(MSP_TASK_NAME, demo.msp_format)
-  return (*names, *TRANSLATION_TASKS, MSP_TASK_NAME)
+  return (*names, *TRANSLATION_TASKS, *DOCUMENT_TASKS, MSP_TASK_NAME)
 
 
 register()

@@ -23,7 +23,8 @@ HELDOUT = DATA / "heldout_refs.txt"
 DEMO = DATA / "bible_en_es.tsv.gz"
 README = DATA / "README.md"
 # As tasks/data/README.md states them.
-BILINGUAL_SHARE = 0.30
+BILINGUAL_SHARE = 0.27
+PARALLEL_SHARE = 0.18
 MAX_BILINGUAL_PASSAGE_WORDS = 45
 VALIDATION_SHARE = 0.02
 DOWNSTREAM_HELDOUT = 1000
@@ -78,9 +79,11 @@ def test_documents_are_well_formed():
     assert versions == "+".join(doc["versions"])
     if doc["kind"] == "monolingual":
       assert len(parts) == 1 and len(doc["versions"]) == 1
-    else:
-      assert doc["kind"] == "bilingual"
+    elif doc["kind"] == "bilingual":
       assert len(parts) == 2 and sorted(doc["langs"]) == ["en", "es"]
+    else:
+      assert doc["kind"] == "parallel"
+      assert len(parts) == 2 and sorted(doc["versions"]) == ["kjv", "web"]
   assert len({doc["id"] for doc in docs}) == len(docs)
 
 
@@ -137,20 +140,30 @@ def test_held_out_references_cover_the_demo_splits():
                     "downstream_heldout": DOWNSTREAM_HELDOUT}
 
 
-def test_bilingual_share_is_as_documented():
+@pytest.mark.parametrize("kind,share", [("bilingual", BILINGUAL_SHARE),
+                                         ("parallel", PARALLEL_SHARE)])
+def test_paired_shares_are_as_documented(kind, share):
   docs = documents()
-  share = sum(doc["kind"] == "bilingual" for doc in docs) / len(docs)
-  assert share == pytest.approx(BILINGUAL_SHARE, abs=0.01)
-  assert f"{BILINGUAL_SHARE:.0%} of the documents are bilingual" in (
+  measured = sum(doc["kind"] == kind for doc in docs) / len(docs)
+  assert measured == pytest.approx(share, abs=0.01)
+  assert f"{share:.0%} of the documents are {kind}" in (
       README.read_text(encoding="utf-8"))
 
 
-def test_a_bilingual_document_fits_one_pretraining_window():
+def test_most_of_the_text_is_monolingual():
+  words = collections.Counter()
+  for doc in documents():
+    words[doc["kind"]] += len(str(doc["text"]).split())
+  assert words["monolingual"] > sum(words.values()) / 2
+
+
+@pytest.mark.parametrize("kind", ["bilingual", "parallel"])
+def test_a_paired_document_fits_one_pretraining_window(kind):
   """Both sides are short (at most MAX_BILINGUAL_PASSAGE_WORDS words), so
   one span-corruption or prefix-LM window holds a passage and its
   translation together."""
   sides = [len(side.split()) for doc in documents()
-           if doc["kind"] == "bilingual"
+           if doc["kind"] == kind
            for side in str(doc["text"]).split("\n")]
   assert max(sides) <= MAX_BILINGUAL_PASSAGE_WORDS
   assert 20 <= sum(sides) / len(sides) <= 30
