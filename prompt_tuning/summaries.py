@@ -138,6 +138,9 @@ def print_examples(after: Mapping[str, Sequence[Mapping[str, str]]],
       rows["after"] = record["prediction"]
       width = max(len(k) for k in rows)
       for key, value in rows.items():
+        # A text's own line breaks (a document task's trailing newline)
+        # would break the columns: strip the ends, indent the rest.
+        value = str(value).strip().replace("\n", "\n" + " " * (width + 4))
         print(f"  {key.ljust(width)}  {value}")
       print()
 

@@ -1,10 +1,11 @@
-"""The README's main job, shortened: prompt tuning a shipped base on held-out
-English -> Spanish verses beats the untrained prompt by a stated margin.
+"""The README's main job: prompt tuning a shipped base on held-out English
+-> Spanish verses beats the untrained prompt by a stated margin.
 
-Slow (a few minutes on 2 CPU cores): `pytest -m slow tests/test_main_job.py`.
-It runs the `train` binary as the README does, on `runs/translate_bible.gin`
-with fewer steps and fewer evaluation verses, and reads the run's own
-inference-eval log.
+Slow (under 3 minutes on 2 CPU cores): `pytest -m slow tests/test_main_job.py`.
+It runs the `train` binary on `runs/translate_bible.gin` exactly as the
+README does (only the run folder differs) and reads the run's own
+inference-eval log: the untrained prompt's metrics (step 0) against the
+trained prompt's, on the same 100 held-out verses.
 """
 
 from __future__ import annotations
@@ -16,31 +17,23 @@ import sys
 
 import pytest
 
-TASK = "bible_en_es"
-STEPS = 150
-EXAMPLES = 48
-# Measured margins are several times larger (README, "Quick start"); these
-# leave room for seeds and releases while still failing on a prompt that
-# learned nothing (an untrained-vs-trained difference of ~0).
-MIN_CHRF_GAIN = 5.0
-MIN_BLEU_GAIN = 1.0
+TASK = "bible_en_es_lm"
+STEPS = 400  # runs/translate_bible.gin's TRAIN_STEPS
+# Measured (README, "Quick start"): BLEU 0.21 -> 5.28, chrF 14.4 -> 20.7.
+# The margins leave room for releases and thread timing, and still fail a
+# prompt that only switches the output language without using the source
+# (that gave chrF +1.5, BLEU +0.15 on an earlier base).
+MIN_CHRF_GAIN = 4.0
+MIN_BLEU_GAIN = 2.5
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason=(
-    "the shipped bible_t5_base does not yet condition on its source: "
-    "300 prompt-tuning steps gave BLEU 0.07 -> 0.22, chrF 5.6 -> 7.0, "
-    "Spanish output unrelated to the verse; the base needs more training "
-    "before this main job can pass"))
-def test_a_short_main_job_beats_the_untrained_prompt(tmp_path):
+def test_the_main_job_beats_the_untrained_prompt(tmp_path):
   run_dir = tmp_path / "translate"
   command = [
       sys.executable, "-m", "prompt_tuning.train",
       "--gin_file=runs/translate_bible.gin",
-      f"--gin.MODEL_DIR='{run_dir}'", f"--gin.TRAIN_STEPS={STEPS}",
-      f"--gin.train.eval_period={STEPS}",
-      f"--gin.train.checkpoint_period={STEPS}",
-      f"--gin.train.infer_eval_examples={EXAMPLES}"]
+      f"--gin.MODEL_DIR='{run_dir}'"]
   result = subprocess.run(command, capture_output=True, text=True,
                           cwd=pathlib.Path(__file__).resolve().parents[1],
                           check=False)

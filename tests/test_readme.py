@@ -26,6 +26,6 @@ def test_readme_notebook_example_runs(shared_fixtures, tmp_path, monkeypatch):
 def test_readme_has_exactly_two_setup_commands():
   commands = re.findall(r"```sh\n(.*?)```", README.read_text(), re.S)
   assert [c.strip().endswith(end) for c, end in zip(
-      commands, ("python -m prompt_tuning.train --gin_file=runs/demo.gin",
+      commands, ("python -m prompt_tuning.train --gin_file=runs/translate_bible.gin",
                  "pytest -q"))] == [True, True]
   assert len(commands) == 2

@@ -54,3 +54,18 @@ def test_screen_is_one_block_of_rows(capsys):
   assert capsys.readouterr().out.strip() == text
   assert text.splitlines() == ["== train", "  model       t5",
                                "  parameters  12"]
+
+
+def test_examples_keep_their_columns_with_line_breaks(capsys):
+  summaries.print_examples(
+      {"t": [{"input": "In the beginning\n", "target": "En el principio",
+              "prediction": "Y dijo\nDios"}]},
+      {"t": [{"prediction": "And"}]})
+  assert capsys.readouterr().out.splitlines() == [
+      "== examples: t (held out)",
+      "  input      In the beginning",
+      "  reference  En el principio",
+      "  before     And",
+      "  after      Y dijo",
+      "             Dios",
+      ""]
