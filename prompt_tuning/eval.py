@@ -26,10 +26,12 @@ from typing import Any, Optional, Sequence
 
 import gin
 import jax
+from jax.sharding import Mesh
 
 from prompt_tuning import data
 from prompt_tuning import evaluation
 from prompt_tuning import gin_utils
+from prompt_tuning import model_wrappers
 from prompt_tuning import runtime
 from prompt_tuning import summaries
 from prompt_tuning import trainable
@@ -42,9 +44,13 @@ def step_of(label: str) -> int:
   return int(match.group(1)) if match else 0
 
 
-@gin.configurable
+# As train's: the parts a Python caller hands over are not gin values.
+@gin.configurable(denylist=["model", "params", "mesh"])
 def evaluate(*, dataset_cfg: data.DatasetConfig, checkpoint_path: str,
-             output_dir: str) -> dict[str, dict[str, Any]]:
+             output_dir: str,
+             model: Optional[model_wrappers.BaseModel] = None,
+             params: Optional[Any] = None, mesh: Optional[Mesh] = None
+             ) -> dict[str, dict[str, Any]]:
   """Evaluates a trained run (or prompt file) with its tasks' seqio metrics.
 
   Args:
@@ -53,13 +59,18 @@ def evaluate(*, dataset_cfg: data.DatasetConfig, checkpoint_path: str,
     checkpoint_path: CHECKPOINT_PATH: a run's MODEL_DIR (its newest
       checkpoint), one of its checkpoint_<step> dirs, or a prompt .npy file.
     output_dir: EVAL_OUTPUT_DIR, where metrics and inferences go.
+    model, params, mesh: the model, its base params (the frozen base and
+      the method's, e.g. `pt.load_pretrained`'s) and their mesh, from a
+      Python caller; the trained part still comes from checkpoint_path.
+      The command line passes none: gin builds them (`make_mesh()`,
+      `load_model`).
 
   Returns:
     {task: {metric: value}} on process 0 ({} on the others).
   """
   runtime.check_output_dir(output_dir, "EVAL_OUTPUT_DIR")
   mesh, model, params, label = runtime.load_trained_model(
-      dataset_cfg, checkpoint_path)
+      dataset_cfg, checkpoint_path, model, params, mesh)
   train, frozen = trainable.split(params, model.trainable_patterns)
   summaries.screen("eval", dict(
       summaries.start_rows(model, train, frozen, mesh),

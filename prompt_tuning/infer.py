@@ -110,9 +110,13 @@ def decode_task(model: model_wrappers.BaseModel, params: Any, task: Any,
   return records
 
 
-@gin.configurable
+# As train's: the parts a Python caller hands over are not gin values.
+@gin.configurable(denylist=["model", "params", "mesh"])
 def infer(*, dataset_cfg: data.DatasetConfig, checkpoint_path: str,
-          output_dir: str, num_decodes: int = 1) -> dict[str, str]:
+          output_dir: str, num_decodes: int = 1,
+          model: Optional[model_wrappers.BaseModel] = None,
+          params: Optional[Any] = None,
+          mesh: Optional[Mesh] = None) -> dict[str, str]:
   """Decodes every example of a split with a trained run (or prompt file).
 
   Args:
@@ -122,6 +126,11 @@ def infer(*, dataset_cfg: data.DatasetConfig, checkpoint_path: str,
     output_dir: INFER_OUTPUT_DIR, where `<task>-<label>.jsonl` go.
     num_decodes: decodes per example (beam size under greedy decoding,
       samples under temperature sampling; see DecodingOptions).
+    model, params, mesh: the model, its base params (the frozen base and
+      the method's, e.g. `pt.load_pretrained`'s) and their mesh, from a
+      Python caller; the trained part still comes from checkpoint_path.
+      The command line passes none: gin builds them (`make_mesh()`,
+      `load_model`).
 
   Returns:
     {task: path of its JSON lines file} (paths on process 0 only).
@@ -132,7 +141,7 @@ def infer(*, dataset_cfg: data.DatasetConfig, checkpoint_path: str,
     raise gin_utils.UsageError(f"infer.num_decodes={num_decodes} must be "
                                ">= 1.")
   mesh, model, params, label = runtime.load_trained_model(
-      dataset_cfg, checkpoint_path)
+      dataset_cfg, checkpoint_path, model, params, mesh)
   mixture = data.get_task(dataset_cfg.mixture_or_task_name,
                           dataset_cfg.module)
   tasks = ([mixture] if isinstance(mixture, seqio.Task) else

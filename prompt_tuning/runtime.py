@@ -3,8 +3,10 @@
 `load_model` is the gin-facing front of `pt.load_pretrained`: the frozen
 base from INITIAL_CHECKPOINT_PATH (T5X, Orbax or Hugging Face; read as it
 is, never rewritten), the method from METHOD, placed on the run's mesh.
-`load_trained` then swaps in what a run learned, from a run dir, one of its
-checkpoints, or a prompt file.
+`resolve_parts` gives a binary the model, params and mesh its Python caller
+passed, or builds them from gin for the command line. `load_trained` then
+swaps in what a run learned, from a run dir, one of its checkpoints, or a
+prompt file.
 """
 
 from __future__ import annotations
@@ -85,6 +87,60 @@ def load_model(initial_checkpoint_path: Optional[str] = gin.REQUIRED,
   return model, variables["params"]
 
 
+def resolve_parts(model: Optional[model_wrappers.BaseModel],
+                  params: Optional[Params], mesh: Optional[Mesh]
+                  ) -> tuple[Mesh, model_wrappers.BaseModel, Params]:
+  """(mesh, model, params) for a binary: its caller's, or gin's.
+
+  A Python caller passes `model` and `params` together (e.g.
+  `pt.load_pretrained`'s model and variables["params"]) and the `mesh` they
+  are placed on; with `mesh` None, the mesh their arrays sit on is used.
+  The command line passes neither: gin builds the mesh (`make_mesh()`,
+  unless `mesh` is given) and loads the base and method onto it
+  (`load_model`).
+
+  Raises:
+    ValueError: only one of `model` and `params` is given, or the params
+      are placed on other devices than the mesh's.
+  """
+  if model is None and params is None:
+    mesh = partitioning.make_mesh() if mesh is None else mesh
+    model, params = load_model(mesh=mesh)
+    return mesh, model, params
+  if model is None or params is None:
+    raise ValueError(
+        "pass model and params together (e.g. the model and "
+        "variables['params'] of pt.load_pretrained), or neither to load "
+        "them from gin (INITIAL_CHECKPOINT_PATH, MODEL_CONFIG, METHOD).")
+  arrays = [x for x in jax.tree.leaves(params) if isinstance(x, jax.Array)]
+  if mesh is None:
+    mesh = _mesh_of(arrays)
+  devices = set(mesh.devices.flat)
+  for x in arrays:
+    if x.sharding.device_set != devices:
+      raise ValueError(
+          f"the params are placed on {len(x.sharding.device_set)} device(s)"
+          f", not on the mesh's {len(devices)}; load them onto the mesh "
+          "(pt.load_pretrained(..., mesh=mesh)).")
+  return mesh, model, params
+
+
+def _mesh_of(arrays: list[jax.Array]) -> Mesh:
+  """The ('data', 'model') mesh `arrays` are placed on (a one-device mesh
+  for arrays on one device)."""
+  shardings = [x.sharding for x in arrays]
+  named = [s.mesh for s in shardings
+           if isinstance(s, jax.sharding.NamedSharding)
+           and s.mesh.axis_names == ("data", "model")]
+  if named:
+    return named[0]
+  devices = {d for s in shardings for d in s.device_set}
+  if len(devices) == 1:
+    return partitioning.make_mesh(devices=list(devices))
+  raise ValueError("the params are not on a ('data', 'model') mesh; pass "
+                   "mesh= (partitioning.make_mesh(...)).")
+
+
 def is_prompt_file(path: str) -> bool:
   return os.path.isfile(path) and path.endswith(".npy")
 
@@ -153,18 +209,20 @@ def check_output_dir(output_dir: str, macro: str) -> None:
 
 
 def load_trained_model(dataset_cfg: data.DatasetConfig,
-                       checkpoint_path: str
+                       checkpoint_path: str,
+                       model: Optional[model_wrappers.BaseModel] = None,
+                       params: Optional[Params] = None,
+                       mesh: Optional[Mesh] = None
                        ) -> tuple[Mesh, model_wrappers.BaseModel, Params, str]:
   """(mesh, model, trained params, label) for the eval and infer binaries.
 
   The task is looked up first, so a typo fails before the model loads. The
-  mesh comes from gin (`make_mesh`), the frozen base and method from gin
-  (`load_model`), the trained part from CHECKPOINT_PATH (`label` names it:
+  mesh, frozen base and method are the caller's or gin's (`resolve_parts`),
+  the trained part comes from CHECKPOINT_PATH (`label` names it:
   `checkpoint_<step>` or the prompt file's name).
   """
   data.get_task(dataset_cfg.mixture_or_task_name, dataset_cfg.module)
-  mesh = partitioning.make_mesh()
-  model, params = load_model(mesh=mesh)
+  mesh, model, params = resolve_parts(model, params, mesh)
   data.check_vocabularies(model, data.check_dataset(dataset_cfg, model))
   evaluation.check_batch_size(dataset_cfg.batch_size, mesh)
   params, label = load_trained(model, params, checkpoint_path)

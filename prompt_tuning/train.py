@@ -14,6 +14,16 @@ Only the trainable subtree is optimized and saved; the frozen base is read
 from INITIAL_CHECKPOINT_PATH and never written. A run resumes from the newest
 checkpoint in MODEL_DIR, with the same data position, so a killed run
 restarted with the same command ends where an uninterrupted one would.
+
+`train()` can also be called from Python with no gin config, given its
+parts, as T5X's train is given its model and partitioner:
+
+  mesh = partitioning.make_mesh(data=1, model=1, num_devices=1)
+  model, variables = pt.load_pretrained(path, method=pt.PromptTuning(20),
+                                        mesh=mesh)
+  train(model=model, params=variables["params"], mesh=mesh,
+        model_dir="/tmp/run", train_dataset_cfg=data.DatasetConfig(...),
+        optimizer=optax.adam(1e-3), total_steps=1000)
 """
 
 from __future__ import annotations
@@ -33,13 +43,14 @@ from typing import Any, Optional
 import gin
 import jax
 import optax
+from jax.sharding import Mesh
 
 from prompt_tuning import data
 from prompt_tuning import evaluation
 from prompt_tuning import files
 from prompt_tuning import gin_utils
+from prompt_tuning import model_wrappers
 from prompt_tuning import optimizers
-from prompt_tuning import partitioning
 from prompt_tuning import run_checkpoints
 from prompt_tuning import runtime
 from prompt_tuning import summaries
@@ -103,8 +114,12 @@ class _PeriodMetrics:
             "accuracy": self.correct / max(self.weights, 1.0)}
 
 
-@gin.configurable
-def train(*, model_dir: str = gin.REQUIRED,
+# The parts are objects a Python caller hands over, never gin values: kept
+# out of gin so the command line's operative config.gin stays as it was.
+@gin.configurable(denylist=["model", "params", "mesh"])
+def train(*, model: Optional[model_wrappers.BaseModel] = None,
+          params: Optional[Any] = None, mesh: Optional[Mesh] = None,
+          model_dir: str = gin.REQUIRED,
           train_dataset_cfg: data.DatasetConfig = gin.REQUIRED,
           train_eval_dataset_cfg: Optional[data.DatasetConfig] = None,
           infer_eval_dataset_cfg: Optional[data.DatasetConfig] = None,
@@ -119,6 +134,15 @@ def train(*, model_dir: str = gin.REQUIRED,
   """Trains the method's parameters.
 
   Args:
+    model: the model with its method attached (`pt.load_pretrained`'s).
+      Its `base_path` (where the frozen base was read from) is recorded in
+      the checkpoints and model_info.json, and a resumed run must match it.
+    params: the model's params: the frozen base and the method's fresh
+      parameters (variables["params"]), placed on `mesh`. Not modified.
+    mesh: the ('data', 'model') mesh to train on; None: the one `params`
+      are placed on. The command line passes none of the three: they come
+      from gin, `make_mesh()` and `load_model(mesh=mesh)` (see
+      `runtime.resolve_parts`).
     model_dir: MODEL_DIR: checkpoints, numpy prompt exports, summaries,
       config.gin and model_info.json go here.
     train_dataset_cfg: the training data (global batch size).
@@ -147,8 +171,7 @@ def train(*, model_dir: str = gin.REQUIRED,
   _check_steps(total_steps, eval_period=eval_period,
                checkpoint_period=checkpoint_period, log_period=log_period)
   # Everything that can reject the input happens before MODEL_DIR is touched.
-  mesh = partitioning.make_mesh()
-  model, params = runtime.load_model(mesh=mesh)
+  mesh, model, params = runtime.resolve_parts(model, params, mesh)
   if train_dataset_cfg.shuffle and train_dataset_cfg.seed is None:
     train_dataset_cfg = dataclasses.replace(train_dataset_cfg,
                                             seed=random_seed)
