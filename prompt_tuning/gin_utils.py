@@ -253,7 +253,8 @@ def help_text(main_fn: Callable[..., Any], prog: str) -> str:
   summary = doc.splitlines()[0] if doc else ""
   return (
       f"usage: {prog} --gin_file=FILE... [--gin.NAME=VALUE...] [flags]\n\n"
-      f"{summary}\nAll arguments of `{main_fn.__name__}` come from gin.\n\n"
+      f"{summary}\nThe arguments of `{main_fn.__name__}` come from gin "
+      "(the model and mesh from the models/ and run files).\n\n"
       f"flags:\n{_define_flags().get_help(prefix='  ')}\n")
 
 
