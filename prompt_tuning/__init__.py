@@ -17,6 +17,7 @@ from prompt_tuning.checkpoints.loader import load_pretrained
 from prompt_tuning.checkpoints.shipped import list_pretrained
 from prompt_tuning.methods import initializers
 from prompt_tuning.methods.model_tuning import ModelTuning
+from prompt_tuning.methods.mpt import MultitaskPromptTuning
 from prompt_tuning.methods.msp import MultiStagePrompting
 from prompt_tuning.methods.multitask import MultiTaskPrompt
 from prompt_tuning.methods.prefix_tuning import PrefixTuning
@@ -30,6 +31,6 @@ from prompt_tuning.models.configs import TransformerConfig
 
 __all__ = [
     "DecoderOnlyModel", "DecodingOptions", "EncoderDecoderModel",
-    "ModelTuning", "MultiStagePrompting", "MultiTaskPrompt", "PrefixTuning", "PromptTuning", "TransformerConfig",
+    "ModelTuning", "MultiStagePrompting", "MultiTaskPrompt", "MultitaskPromptTuning", "PrefixTuning", "PromptTuning", "TransformerConfig",
     "build_model", "export_prompt", "fold", "initializers", "list_pretrained", "load_pretrained", "methods", "trainable",
 ]

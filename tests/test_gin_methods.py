@@ -68,6 +68,7 @@ def test_every_method_file_parses(parse):
   needs = {"from_class_labels": ["CLASS_LABELS = [[3], [4]]",
                                  "VOCABULARY = None"],
            "from_file": ["PROMPT_FILE = 'unused.npy'"],
-           "multitask_prompt": ["NUM_TASKS = 3"]}
+           "multitask_prompt": ["NUM_TASKS = 3"],
+           "mpt": ["NUM_TASKS = 3"]}
   for name in names:
     assert isinstance(parse(name, needs.get(name, [])), pt.methods.base.Method)

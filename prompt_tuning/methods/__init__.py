@@ -1,5 +1,6 @@
 """Parameter-efficient methods: soft prompts, KV prefixes, MSP, multitask
-prompts and model tuning (see docs/design.md §3).
+prompts, multitask prompt tuning (MPT) and model tuning (see
+docs/design.md §3).
 
 Every method and initializer factory is gin-configurable, so gin files can
 write `METHOD = @PromptTuning()` and
