@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import os
 
+import numpy as np
 import torch
 import transformers
 
@@ -125,3 +126,25 @@ def _save_bin_shards(state, path: str) -> None:
     weight_map.update(dict.fromkeys(shard, file))
   with open(os.path.join(path, "pytorch_model.bin.index.json"), "w") as f:
     json.dump({"metadata": {}, "weight_map": weight_map}, f, indent=2)
+
+
+# Batches for parity tests: right padding, unequal lengths.
+
+
+def random_tokens(rng, lengths, width, low=2, high=128):
+  """[len(lengths), width] int32: row i holds lengths[i] random ids."""
+  tokens = np.zeros((len(lengths), width), np.int32)
+  for i, n in enumerate(lengths):
+    tokens[i, :n] = rng.integers(low, high, n)
+  return tokens
+
+
+def t5_batch():
+  """Three encoder-decoder examples (inputs 9/5/2, targets 7/3/1 ids)."""
+  rng = np.random.default_rng(0)
+  inputs = random_tokens(rng, [9, 5, 2], 9)
+  targets = random_tokens(rng, [7, 3, 1], 7)
+  return {"encoder_input_tokens": inputs,
+          "decoder_input_tokens": np.pad(targets[:, :-1], ((0, 0), (1, 0))),
+          "decoder_target_tokens": targets,
+          "decoder_loss_weights": (targets > 0).astype(np.float32)}

@@ -19,6 +19,7 @@ import jax
 import numpy as np
 import pytest
 
+import hf_models
 import prompt_tuning as pt
 from prompt_tuning import partitioning
 from prompt_tuning import trainable
@@ -74,22 +75,11 @@ GPT2_LENGTHS = (12, 7, 3)
 T5_DECODE_LEN = 6
 
 
-def _tokens(rng, lengths, width, low=2, high=128):
-  tokens = np.zeros((len(lengths), width), np.int32)
-  for i, n in enumerate(lengths):
-    tokens[i, :n] = rng.integers(low, high, n)
-  return tokens
+_tokens = hf_models.random_tokens
 
 
 def _t5_batch():
-  rng = np.random.default_rng(0)
-  inputs = _tokens(rng, [9, 5, 2], 9)
-  targets = _tokens(rng, [7, 3, 1], 7)
-  return {"encoder_input_tokens": inputs,
-          "decoder_input_tokens": np.pad(targets[:, :-1], ((0, 0), (1, 0))),
-          "decoder_target_tokens": targets,
-          "decoder_loss_weights": (targets > 0).astype(np.float32),
-          "task_ids": TASK_IDS}
+  return {**hf_models.t5_batch(), "task_ids": TASK_IDS}
 
 
 def _gpt2_batch():
@@ -185,7 +175,6 @@ def torch_peft():
 def case(request, torch_peft, hf_tmp):
   """Our model and PEFT's on the same tiny base with the same MPT values."""
   torch, peft = torch_peft
-  import hf_models  # pylint: disable=g-import-not-at-top
   arch = request.param
   if arch == "t5":
     base, path = hf_models.tiny_t5_v1_1(hf_tmp)

@@ -88,23 +88,8 @@ def bases(hf_tmp):
 # Batches: right padding, unequal lengths.
 
 
-def _random_tokens(rng, lengths, width, low=2, high=128):
-  tokens = np.zeros((len(lengths), width), np.int32)
-  for i, n in enumerate(lengths):
-    tokens[i, :n] = rng.integers(low, high, n)
-  return tokens
-
-
-def _t5_batch():
-  rng = np.random.default_rng(0)
-  inputs = _random_tokens(rng, [9, 5, 2], 9)
-  targets = _random_tokens(rng, [7, 3, 1], 7)
-  return {"encoder_input_tokens": inputs,
-          "decoder_input_tokens": np.pad(targets[:, :-1], ((0, 0), (1, 0))),
-          "decoder_target_tokens": targets,
-          "decoder_loss_weights": (targets > 0).astype(np.float32)}
-
-
+_t5_batch = hf_models.t5_batch
+_random_tokens = hf_models.random_tokens
 GPT2_LENGTHS = (12, 7, 3)
 
 
