@@ -44,6 +44,40 @@ def step_of(label: str) -> int:
   return int(match.group(1)) if match else 0
 
 
+def load_and_show(binary: str, dataset_cfg: data.DatasetConfig,
+                  checkpoint_path: str,
+                  model: Optional[model_wrappers.BaseModel],
+                  params: Optional[Any], mesh: Optional[Mesh],
+                  **rows: Any
+                  ) -> tuple[Mesh, model_wrappers.BaseModel, Any, str]:
+  """The eval and infer binaries' start: loads the trained model and shows
+  what runs on the `binary` screen.
+
+  Args:
+    binary: the screen's title ("eval", "infer").
+    dataset_cfg: the split the binary reads.
+    checkpoint_path: CHECKPOINT_PATH, the trained part (a run, one of its
+      checkpoints, or a prompt .npy file).
+    model, params, mesh: the model, its base params (the frozen base and
+      the method's, e.g. `pt.load_pretrained`'s) and their mesh, from a
+      Python caller; the trained part still comes from checkpoint_path.
+      The command line passes none: gin builds them (`make_mesh()`,
+      `load_model`).
+    **rows: more rows for the screen, after the task and checkpoint.
+
+  Returns:
+    (mesh, model, trained params, label), as `runtime.load_trained_model`.
+  """
+  mesh, model, params, label = runtime.load_trained_model(
+      dataset_cfg, checkpoint_path, model, params, mesh)
+  train, frozen = trainable.split(params, model.trainable_patterns)
+  summaries.screen(binary, dict(
+      summaries.start_rows(model, train, frozen, mesh),
+      task=f"{dataset_cfg.mixture_or_task_name} ({dataset_cfg.split})",
+      checkpoint=f"{checkpoint_path} ({label})", **rows))
+  return mesh, model, params, label
+
+
 # As train's: the parts a Python caller hands over are not gin values.
 @gin.configurable(denylist=["model", "params", "mesh"])
 def evaluate(*, dataset_cfg: data.DatasetConfig, checkpoint_path: str,
@@ -59,23 +93,15 @@ def evaluate(*, dataset_cfg: data.DatasetConfig, checkpoint_path: str,
     checkpoint_path: CHECKPOINT_PATH: a run's MODEL_DIR (its newest
       checkpoint), one of its checkpoint_<step> dirs, or a prompt .npy file.
     output_dir: EVAL_OUTPUT_DIR, where metrics and inferences go.
-    model, params, mesh: the model, its base params (the frozen base and
-      the method's, e.g. `pt.load_pretrained`'s) and their mesh, from a
-      Python caller; the trained part still comes from checkpoint_path.
-      The command line passes none: gin builds them (`make_mesh()`,
-      `load_model`).
+    model, params, mesh: a Python caller's parts (see `load_and_show`);
+      the command line passes none.
 
   Returns:
     {task: {metric: value}} on process 0 ({} on the others).
   """
   runtime.check_output_dir(output_dir, "EVAL_OUTPUT_DIR")
-  mesh, model, params, label = runtime.load_trained_model(
-      dataset_cfg, checkpoint_path, model, params, mesh)
-  train, frozen = trainable.split(params, model.trainable_patterns)
-  summaries.screen("eval", dict(
-      summaries.start_rows(model, train, frozen, mesh),
-      task=f"{dataset_cfg.mixture_or_task_name} ({dataset_cfg.split})",
-      checkpoint=f"{checkpoint_path} ({label})"))
+  mesh, model, params, label = load_and_show(
+      "eval", dataset_cfg, checkpoint_path, model, params, mesh)
   evaluator = evaluation.Evaluator(model, dataset_cfg, mesh,
                                    log_dir=output_dir)
   if not evaluator.task_names:

@@ -32,12 +32,12 @@ import numpy as np
 from jax.sharding import Mesh
 
 from prompt_tuning import data
+from prompt_tuning import eval as eval_binary
 from prompt_tuning import evaluation
 from prompt_tuning import gin_utils
 from prompt_tuning import model_wrappers
 from prompt_tuning import runtime
 from prompt_tuning import summaries
-from prompt_tuning import trainable
 
 Record = dict[str, Any]
 
@@ -126,11 +126,8 @@ def infer(*, dataset_cfg: data.DatasetConfig, checkpoint_path: str,
     output_dir: INFER_OUTPUT_DIR, where `<task>-<label>.jsonl` go.
     num_decodes: decodes per example (beam size under greedy decoding,
       samples under temperature sampling; see DecodingOptions).
-    model, params, mesh: the model, its base params (the frozen base and
-      the method's, e.g. `pt.load_pretrained`'s) and their mesh, from a
-      Python caller; the trained part still comes from checkpoint_path.
-      The command line passes none: gin builds them (`make_mesh()`,
-      `load_model`).
+    model, params, mesh: a Python caller's parts (see
+      `eval.load_and_show`); the command line passes none.
 
   Returns:
     {task: path of its JSON lines file} (paths on process 0 only).
@@ -140,8 +137,7 @@ def infer(*, dataset_cfg: data.DatasetConfig, checkpoint_path: str,
   if num_decodes < 1:
     raise gin_utils.UsageError(f"infer.num_decodes={num_decodes} must be "
                                ">= 1.")
-  mesh, model, params, label = runtime.load_trained_model(
-      dataset_cfg, checkpoint_path, model, params, mesh)
+  # Before the model loads: a split no task has fails fast.
   mixture = data.get_task(dataset_cfg.mixture_or_task_name,
                           dataset_cfg.module)
   tasks = ([mixture] if isinstance(mixture, seqio.Task) else
@@ -152,11 +148,9 @@ def infer(*, dataset_cfg: data.DatasetConfig, checkpoint_path: str,
         f"no task of {dataset_cfg.mixture_or_task_name!r} has a "
         f"{dataset_cfg.split!r} split; set DatasetConfig.split to one it "
         "has.")
-  train, frozen = trainable.split(params, model.trainable_patterns)
-  summaries.screen("infer", dict(
-      summaries.start_rows(model, train, frozen, mesh),
-      task=f"{dataset_cfg.mixture_or_task_name} ({dataset_cfg.split})",
-      checkpoint=f"{checkpoint_path} ({label})", num_decodes=num_decodes))
+  mesh, model, params, label = eval_binary.load_and_show(
+      "infer", dataset_cfg, checkpoint_path, model, params, mesh,
+      num_decodes=num_decodes)
   results = {task.name: decode_task(model, params, task, dataset_cfg, mesh,
                                     num_decodes) for task in tasks}
   # Written only now, so a failure above leaves no partial output.

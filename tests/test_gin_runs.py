@@ -126,6 +126,18 @@ def test_model_files_define_model_config():
   assert _eval("MODEL_CONFIG") is None
 
 
+@pytest.mark.parametrize("name", [
+    f for f in _shipped("models")
+    if f not in ("models/from_checkpoint.gin",)])  # No config to compare.
+def test_gin_and_from_gin_read_every_model_file_alike(name):
+  """configs.from_gin (gin's parser, no global state) and gin itself agree
+  on every shipped model file, so the size presets are what runs use."""
+  _parse([name])
+  model_config = _eval("MODEL_CONFIG")
+  assert model_config == configs.from_gin(name[len("models/"):-len(".gin")])
+  assert model_config == configs.from_gin(os.path.join(ROOT, name))
+
+
 def test_finetune_defaults_and_dataset_splits():
   _parse(PROMPT_T5 + ["runs/prompt_finetune.gin"],
          [f"{k} = {v}" for k, v in REQUIRED.items()])

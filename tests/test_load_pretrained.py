@@ -118,6 +118,96 @@ def test_shipped_gin_models_match_presets():
   assert configs.from_gin("mt5_xl") == configs.mt5("xl")
   assert configs.from_gin("gpt2_medium") == configs.gpt2("medium")
   assert configs.from_gin("mgpt") == configs.mgpt()
+  assert configs.t5_1_1("base", vocab_size=64) == configs.from_gin(
+      "t5_1_1_base").replace(vocab_size=64)
+
+
+# The published sizes (T5.1.1 / mT5 release configs; GPT-2's config.json):
+# (emb_dim, num_heads, head_dim, mlp_dim, layers per stack, vocab_size).
+_T5_1_1 = {"small": (512, 6, 64, 1024, 8), "base": (768, 12, 64, 2048, 12),
+           "large": (1024, 16, 64, 2816, 24), "xl": (2048, 32, 64, 5120, 24),
+           "xxl": (4096, 64, 64, 10240, 24)}
+_GPT2 = {"small": (768, 12, 12), "medium": (1024, 16, 24),
+         "large": (1280, 20, 36), "xl": (1600, 25, 48)}
+PUBLISHED = {
+    **{("t5_1_1", s): (*v, 32128) for s, v in _T5_1_1.items()},
+    **{("mt5", s): (*v, 250112) for s, v in _T5_1_1.items()},
+    **{("gpt2", s): (e, h, e // h, 4 * e, n, 50257)
+       for s, (e, h, n) in _GPT2.items()},
+}
+
+
+@pytest.mark.parametrize("family,size", sorted(PUBLISHED))
+def test_presets_have_the_published_sizes(family, size):
+  config = getattr(configs, family)(size)
+  emb, heads, head_dim, mlp, layers, vocab = PUBLISHED[family, size]
+  assert (config.emb_dim, config.num_heads, config.head_dim, config.mlp_dim,
+          config.num_decoder_layers, config.vocab_size) == (
+              emb, heads, head_dim, mlp, layers, vocab)
+  if family == "gpt2":
+    assert config.architecture == "decoder_only"
+    assert config.num_encoder_layers == 0
+    assert config.max_position_embeddings == 1024
+    assert config.mlp_activations == ("gelu_new",) and config.norm == "layer"
+  else:
+    assert config.architecture == "encoder_decoder"
+    assert config.num_encoder_layers == layers
+    assert config.mlp_activations == ("gelu", "linear")
+    assert config.norm == "rms" and not config.logits_via_embedding
+
+
+def test_mgpt_is_gpt2_medium_over_the_mt5_vocabulary():
+  assert configs.mgpt() == configs.gpt2("medium", vocab_size=250100)
+  assert configs.mgpt(dropout_rate=0.1).dropout_rate == 0.1
+
+
+@pytest.mark.parametrize("factory", [configs.t5_1_1, configs.mt5,
+                                     configs.gpt2, configs.t5_1_0])
+def test_unknown_size_lists_the_known_ones(factory):
+  with pytest.raises(ValueError, match=r"size='huge'; known sizes: \['"):
+    factory("huge")
+  with pytest.raises(ValueError, match="'large'"):
+    factory("huge")
+
+
+def test_from_gin_follows_includes_and_later_bindings_win(tmp_path):
+  (tmp_path / "narrow.gin").write_text(
+      "include 'models/t5_1_1_small.gin'\n"
+      "TransformerConfig.emb_dim = 256\n")
+  (tmp_path / "mine.gin").write_text(
+      "import prompt_tuning.models.configs\n"
+      "include 'narrow.gin'  # next to this file\n"
+      "MODEL_CONFIG = @TransformerConfig()\n"
+      "train/TransformerConfig.dropout_rate = 0.5  # scoped: not ours\n"
+      "configs.TransformerConfig.mlp_activations = ('relu',)\n"
+      "TransformerConfig:\n"
+      "  num_heads = 4\n"
+      "  emb_dim = 128\n")
+  assert configs.from_gin(str(tmp_path / "mine.gin")) == configs.t5_1_1(
+      "small", emb_dim=128, num_heads=4, mlp_activations=("relu",))
+
+
+def test_from_gin_rejects_a_macro_naming_file_and_binding(tmp_path):
+  path = tmp_path / "macro.gin"
+  path.write_text("include 'models/t5_1_1_small.gin'\n"
+                  "WIDTH = 256\n"
+                  "TransformerConfig.emb_dim = %WIDTH\n")
+  with pytest.raises(ValueError) as error:
+    configs.from_gin(str(path))
+  message = str(error.value)
+  assert "TransformerConfig.emb_dim = %WIDTH" in message
+  assert f"{path}, line 3" in message and "not a literal" in message
+
+
+def test_from_gin_names_a_missing_include_and_an_unknown_field(tmp_path):
+  missing = tmp_path / "missing.gin"
+  missing.write_text("include 'models/t5_1_1_nope.gin'\n")
+  with pytest.raises(FileNotFoundError, match="t5_1_1_nope.gin.*line 1"):
+    configs.from_gin(str(missing))
+  typo = tmp_path / "typo.gin"
+  typo.write_text("TransformerConfig.emb_dimm = 8\n")
+  with pytest.raises(ValueError, match="no field 'emb_dimm'"):
+    configs.from_gin(str(typo))
 
 
 def test_missing_path_is_named(tmp_path):

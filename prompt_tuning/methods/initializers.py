@@ -236,11 +236,30 @@ def from_sampled_vocab(population_size: int = 5000) -> Initializer:
   return init
 
 
-def _first_rows(rng, shape, embedding, fallback: Initializer,
-                rows: Optional[jax.Array]) -> jax.Array:
-  """`rows` [n, H] in the first n positions, the rest from `fallback`."""
-  base = initialize(fallback, rng, shape, embedding)
-  return base if rows is None else base.at[:rows.shape[0]].set(rows)
+def _leading_rows(who: str, n: int, too_long: Callable[[int], str],
+                  id_checks: Sequence[tuple[Sequence[int], str]],
+                  rows: Callable[[jax.Array], jax.Array],
+                  fallback: Optional[Initializer]) -> Initializer:
+  """An initializer of a [P, H] prompt: `rows(embedding)` [n, H] first, the
+  rest from `fallback` (default from_sampled_vocab()).
+
+  When called it checks the table and width (naming `who`), that n rows fit
+  P (else ValueError(too_long(P))) and each (ids, what) of `id_checks`
+  against the vocabulary size.
+  """
+  fallback = fallback or from_sampled_vocab()
+
+  def init(rng, shape, embedding=None):
+    embedding = _require_embedding(embedding, who)
+    _require_table_shape(shape, embedding, who)
+    if n > shape[0]:
+      raise ValueError(too_long(shape[0]))
+    for ids, what in id_checks:
+      _check_ids_in_vocab(ids, embedding, what)
+    base = initialize(fallback, rng, shape, embedding)
+    return base.at[:n].set(rows(embedding)) if n else base
+
+  return init
 
 
 def from_class_labels(labels: Sequence[TokensOrText],
@@ -263,24 +282,16 @@ def from_class_labels(labels: Sequence[TokensOrText],
         f"string {labels!r}; wrap it in a list.")
   label_ids = [_token_ids(label, vocabulary, "from_class_labels: label")
                for label in labels]
-  fallback = fallback or from_sampled_vocab()
-
-  def init(rng, shape, embedding=None):
-    embedding = _require_embedding(embedding, "from_class_labels(...)")
-    _require_table_shape(shape, embedding, "from_class_labels(...)")
-    if len(label_ids) > shape[0]:
-      raise ValueError(
-          f"from_class_labels: {len(label_ids)} labels do not fit a prompt of "
-          f"length {shape[0]}; use a prompt length >= {len(label_ids)}.")
-    for label, ids in zip(labels, label_ids):
-      _check_ids_in_vocab(ids, embedding, f"from_class_labels: label {label!r}")
-    if not label_ids:
-      return _first_rows(rng, shape, embedding, fallback, None)
-    rows = jnp.stack([_embed(ids, embedding).mean(axis=0)
-                      for ids in label_ids])
-    return _first_rows(rng, shape, embedding, fallback, rows)
-
-  return init
+  n = len(label_ids)
+  return _leading_rows(
+      "from_class_labels(...)", n,
+      lambda length: (f"from_class_labels: {n} labels do not fit a prompt of "
+                      f"length {length}; use a prompt length >= {n}."),
+      [(ids, f"from_class_labels: label {label!r}")
+       for label, ids in zip(labels, label_ids)],
+      lambda embedding: jnp.stack([_embed(ids, embedding).mean(axis=0)
+                                   for ids in label_ids]),
+      fallback)
 
 
 def from_text(text: TokensOrText, vocabulary: Optional[Vocabulary] = None,
@@ -293,20 +304,14 @@ def from_text(text: TokensOrText, vocabulary: Optional[Vocabulary] = None,
     fallback: fills rows after the text (default from_sampled_vocab()).
   """
   ids = _token_ids(text, vocabulary, "from_text: text")
-  fallback = fallback or from_sampled_vocab()
-
-  def init(rng, shape, embedding=None):
-    embedding = _require_embedding(embedding, "from_text(...)")
-    _require_table_shape(shape, embedding, "from_text(...)")
-    if len(ids) > shape[0]:
-      raise ValueError(
-          f"from_text: {text!r} is {len(ids)} tokens, longer than the prompt "
-          f"length {shape[0]}; shorten the text or use a prompt length >= "
-          f"{len(ids)}.")
-    _check_ids_in_vocab(ids, embedding, f"from_text: {text!r}")
-    return _first_rows(rng, shape, embedding, fallback, _embed(ids, embedding))
-
-  return init
+  return _leading_rows(
+      "from_text(...)", len(ids),
+      lambda length: (f"from_text: {text!r} is {len(ids)} tokens, longer "
+                      f"than the prompt length {length}; shorten the text or "
+                      f"use a prompt length >= {len(ids)}."),
+      [(ids, f"from_text: {text!r}")],
+      lambda embedding: _embed(ids, embedding),
+      fallback)
 
 
 # ----------------------------------------------------------------------------

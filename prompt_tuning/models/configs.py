@@ -8,10 +8,14 @@ how logits are made), so they share one config and one set of layers.
 from __future__ import annotations
 
 import dataclasses
+import os
 from typing import Literal, Optional
 
 import gin
+from gin import config_parser
 import jax.numpy as jnp
+
+from prompt_tuning import gin_paths
 
 Architecture = Literal["encoder_decoder", "decoder_only"]
 
@@ -111,64 +115,65 @@ class TransformerConfig:
     return dataclasses.replace(self, **changes)
 
 
+# The named presets are the shipped gin files (gin/models/<family>_<size>.gin),
+# the one place their sizes are written; users override them in gin as in
+# T5X (`TransformerConfig.emb_dim = ...`) or here with keyword overrides.
+
+
 def t5_1_1(size: str = "small", **overrides) -> TransformerConfig:
-  """T5.1.1 / LM-adapted T5.1.1: gated GELU, untied logits, RMS norm."""
-  return _t5(_T5_1_1_SIZES, size, ("gelu", "linear"), False, overrides)
+  """T5.1.1 / LM-adapted T5.1.1: gated GELU, untied logits, RMS norm.
+
+  The sizes are gin/models/t5_1_1_<size>.gin (tiny, small, base, large, xl,
+  xxl); `overrides` replace fields of that config.
+  """
+  return _preset("t5_1_1", size, overrides)
 
 
 def mt5(size: str = "small", **overrides) -> TransformerConfig:
-  """mT5: the T5.1.1 architecture with a 250,112-row vocabulary."""
-  return t5_1_1(size, **{"vocab_size": 250112, **overrides})
-
-
-def t5_1_0(size: str = "small", **overrides) -> TransformerConfig:
-  """Original T5: ReLU MLP, logits via the shared embedding."""
-  return _t5(_T5_1_0_SIZES, size, ("relu",), True, overrides)
-
-
-def _t5(sizes, size, activations, tied, overrides) -> TransformerConfig:
-  if size not in sizes:
-    raise ValueError(f"size={size!r}; known sizes: {sorted(sizes)}.")
-  emb, heads, head_dim, mlp, layers = sizes[size]
-  defaults = dict(
-      architecture="encoder_decoder", vocab_size=32128, emb_dim=emb,
-      num_heads=heads, head_dim=head_dim, mlp_dim=mlp,
-      num_encoder_layers=layers, num_decoder_layers=layers,
-      mlp_activations=activations, logits_via_embedding=tied)
-  return TransformerConfig(**{**defaults, **overrides})
+  """mT5: the T5.1.1 architecture with a 250,112-row vocabulary
+  (gin/models/mt5_<size>.gin)."""
+  return _preset("mt5", size, overrides)
 
 
 def gpt2(size: str = "small", **overrides) -> TransformerConfig:
-  """GPT-2 family: LayerNorm with bias, biased projections, tied LM head."""
-  if size not in _GPT2_SIZES:
-    raise ValueError(f"size={size!r}; known sizes: {sorted(_GPT2_SIZES)}.")
-  emb, heads, layers = _GPT2_SIZES[size]
-  defaults = dict(
-      architecture="decoder_only", vocab_size=50257, emb_dim=emb,
-      num_heads=heads, head_dim=emb // heads, mlp_dim=4 * emb,
-      num_encoder_layers=0, num_decoder_layers=layers,
-      mlp_activations=("gelu_new",), norm="layer", norm_epsilon=1e-5,
-      use_bias=True, position_embedding="absolute",
-      max_position_embeddings=1024, logits_via_embedding=True,
-      scale_tied_logits=False, scale_attention_logits=True, init_std=0.02)
-  return TransformerConfig(**{**defaults, **overrides})
+  """GPT-2 family: LayerNorm with bias, biased projections, tied LM head
+  (gin/models/gpt2_<size>.gin: small, medium, large, xl)."""
+  return _preset("gpt2", size, overrides)
 
 
 def mgpt(**overrides) -> TransformerConfig:
   """mGPT as used by MSP (Tan et al. 2022): GPT-2 medium shape (24 layers,
-  width 1024, 16 heads) over the 250,100-piece mT5 SentencePiece vocabulary."""
-  return gpt2("medium", **{"vocab_size": 250100, **overrides})
+  width 1024, 16 heads) over the 250,100-piece mT5 SentencePiece vocabulary
+  (gin/models/mgpt.gin)."""
+  return from_gin("mgpt").replace(**overrides)
+
+
+def _preset(family: str, size: str, overrides) -> TransformerConfig:
+  prefix = f"{family}_"
+  sizes = sorted(name[len(prefix):] for name in _shipped_models()
+                 if name.startswith(prefix))
+  if size not in sizes:
+    raise ValueError(f"size={size!r}; known sizes: {sizes}.")
+  return from_gin(prefix + size).replace(**overrides)
+
+
+def t5_1_0(size: str = "small", **overrides) -> TransformerConfig:
+  """Original T5: ReLU MLP, logits via the shared embedding.
+
+  No gin files ship for T5 1.0, so its sizes are written only here.
+  """
+  if size not in _T5_1_0_SIZES:
+    raise ValueError(f"size={size!r}; known sizes: {sorted(_T5_1_0_SIZES)}.")
+  emb, heads, head_dim, mlp, layers = _T5_1_0_SIZES[size]
+  defaults = dict(
+      architecture="encoder_decoder", vocab_size=32128, emb_dim=emb,
+      num_heads=heads, head_dim=head_dim, mlp_dim=mlp,
+      num_encoder_layers=layers, num_decoder_layers=layers,
+      mlp_activations=("relu",), logits_via_embedding=True)
+  return TransformerConfig(**{**defaults, **overrides})
 
 
 # (emb_dim, num_heads, head_dim, mlp_dim, num_layers)
-_T5_1_1_SIZES = {
-    "tiny": (4, 2, 2, 8, 2),  # the shape of ../shared/fixtures' T5X checkpoint
-    "small": (512, 6, 64, 1024, 8),
-    "base": (768, 12, 64, 2048, 12),
-    "large": (1024, 16, 64, 2816, 24),
-    "xl": (2048, 32, 64, 5120, 24),
-    "xxl": (4096, 64, 64, 10240, 24),
-}
 _T5_1_0_SIZES = {
     "small": (512, 8, 64, 2048, 6),
     "base": (768, 12, 64, 3072, 12),
@@ -176,59 +181,118 @@ _T5_1_0_SIZES = {
     "3b": (1024, 32, 128, 16384, 24),
     "11b": (1024, 128, 128, 65536, 24),
 }
-# (emb_dim, num_heads, num_layers)
-_GPT2_SIZES = {
-    "small": (768, 12, 12),
-    "medium": (1024, 16, 24),
-    "large": (1280, 20, 36),
-    "xl": (1600, 25, 48),
-}
+
+
+# --- Reading a gin model file without gin's global state.
+
+# How gin may name the class: TransformerConfig, configs.TransformerConfig,
+# prompt_tuning.models.configs.TransformerConfig.
+_QUALIFIED_NAME = f"{__name__}.TransformerConfig"
+
+
+def _models_dir() -> str:
+  return os.path.join(gin_paths.gin_search_path(), "models")
+
+
+def _shipped_models() -> list[str]:
+  return sorted(f[:-4] for f in os.listdir(_models_dir()) if f.endswith(".gin"))
 
 
 def from_gin(name_or_path: str) -> TransformerConfig:
   """The config a gin model file binds, e.g. "t5_1_1_base" or a .gin path.
 
-  Shipped names resolve under the installed gin/models/. The file is parsed
-  in isolation: bindings already in gin's global state neither leak into the
-  result nor get changed by it.
+  Shipped names resolve under the installed gin/models/. The file is read
+  with gin's public parser, following its includes (looked up under the
+  shipped gin dir, then next to the including file): its unscoped
+  `TransformerConfig.<field> = <literal>` bindings, a later one winning,
+  over the dataclass defaults. Other statements (imports, macros such as
+  `MODEL_CONFIG = @TransformerConfig()`, other configurables) are skipped.
+  gin's global state is neither read nor changed.
+
+  Raises:
+    FileNotFoundError: no such file or shipped model, or a missing include.
+    ValueError: a TransformerConfig binding whose value is not a literal
+      (a %macro or @reference), or that names no field.
   """
-  import os  # pylint: disable=g-import-not-at-top
-  from prompt_tuning import gin_paths  # pylint: disable=g-import-not-at-top
-  search_path = gin_paths.gin_search_path()
   path = name_or_path
   if not os.path.isfile(path):
-    path = os.path.join(search_path, "models", f"{name_or_path}.gin")
+    path = os.path.join(_models_dir(), f"{name_or_path}.gin")
     if not os.path.isfile(path):
-      shipped = sorted(f[:-4] for f in os.listdir(
-          os.path.join(search_path, "models")) if f.endswith(".gin"))
       raise FileNotFoundError(
           f"no gin model file {name_or_path!r}: not a file, and not one of "
-          f"the shipped models {shipped}.")
-  with _isolated_gin_config() as gin_config:
-    # Only the shipped dir: includes like 'models/t5_1_1.gin' resolve there.
-    gin_config._LOCATION_PREFIXES[:] = [search_path]  # pylint: disable=protected-access
-    gin.parse_config_file(path)
-    return TransformerConfig()
+          f"the shipped models {_shipped_models()}.")
+  fields: dict[str, object] = {}
+  _read_bindings(path, fields, ())
+  return TransformerConfig(**fields)
 
 
-class _isolated_gin_config:  # pylint: disable=invalid-name
-  """Snapshot/restore of gin's global bindings around a private parse."""
+@dataclasses.dataclass(frozen=True)
+class _NotLiteral:
+  text: str  # As written: %MACRO or @ref().
 
-  def __enter__(self):
-    import copy  # pylint: disable=g-import-not-at-top
-    from gin import config as gin_config  # pylint: disable=g-import-not-at-top
-    self._module = gin_config
-    self._saved = (copy.deepcopy(gin_config._CONFIG),  # pylint: disable=protected-access
-                   list(gin_config._LOCATION_PREFIXES))  # pylint: disable=protected-access
-    self._unlock = gin.unlock_config()
-    self._unlock.__enter__()
-    gin_config._CONFIG.clear()  # pylint: disable=protected-access
-    return gin_config
 
-  def __exit__(self, *exc):
-    config, prefixes = self._saved
-    self._module._CONFIG.clear()  # pylint: disable=protected-access
-    self._module._CONFIG.update(config)  # pylint: disable=protected-access
-    self._module._LOCATION_PREFIXES[:] = prefixes  # pylint: disable=protected-access
-    self._unlock.__exit__(*exc)
-    return False
+class _LiteralsOnly(config_parser.ParserDelegate):
+  """Leaves macros and references unresolved (gin's own delegate would look
+  them up in the global registry)."""
+
+  def configurable_reference(self, scoped_configurable_name, evaluate):
+    return _NotLiteral(f"@{scoped_configurable_name}{'()' if evaluate else ''}")
+
+  def macro(self, macro_name):
+    return _NotLiteral(f"%{macro_name}")
+
+
+def _read_bindings(path: str, fields: dict[str, object],
+                   including: tuple[str, ...]) -> None:
+  """Adds the TransformerConfig bindings of `path`, and of the files it
+  includes at the point of each include, to `fields` in order."""
+  if os.path.realpath(path) in including:
+    raise ValueError(f"gin file {path} includes itself (through "
+                     f"{' -> '.join(including)}).")
+  including += (os.path.realpath(path),)
+  with open(path, encoding="utf-8") as f:
+    statements = list(config_parser.ConfigParser(f, _LiteralsOnly()))
+  names = {field.name for field in dataclasses.fields(TransformerConfig)}
+  for statement in statements:
+    at = f"{path}, line {statement.location.line_num}"
+    if isinstance(statement, config_parser.IncludeStatement):
+      _read_bindings(_included(statement.filename, path, at), fields,
+                     including)
+    elif (isinstance(statement, config_parser.BindingStatement)
+          and statement.arg_name and not statement.scope
+          and _QUALIFIED_NAME.endswith(f".{statement.selector}")):
+      binding = f"{statement.selector}.{statement.arg_name}"
+      if statement.arg_name not in names:
+        raise ValueError(
+            f"{binding} ({at}): TransformerConfig has no field "
+            f"{statement.arg_name!r}; its fields: {sorted(names)}.")
+      not_literal = _not_literal(statement.value)
+      if not_literal is not None:
+        raise ValueError(
+            f"{binding} = {not_literal} ({at}) is not a literal value; "
+            "configs.from_gin reads numbers, strings, booleans, None and "
+            "tuples of them, not macros or @references.")
+      fields[statement.arg_name] = statement.value
+
+
+def _included(filename: str, path: str, at: str) -> str:
+  """An include's file: under the shipped gin dir (as gin's default search
+  path in the binaries), else next to the including file."""
+  places = (gin_paths.gin_search_path(), os.path.dirname(path))
+  for place in places:
+    candidate = os.path.join(place, filename)  # Absolute: filename itself.
+    if os.path.isfile(candidate):
+      return candidate
+  raise FileNotFoundError(
+      f"included gin file {filename!r} ({at}) not found under "
+      f"{' or '.join(places)}.")
+
+
+def _not_literal(value) -> Optional[str]:
+  """The first macro or reference in `value`, as written; None if none."""
+  if isinstance(value, _NotLiteral):
+    return value.text
+  if isinstance(value, dict):
+    value = [*value.keys(), *value.values()]
+  parts = value if isinstance(value, (list, tuple)) else ()
+  return next((t for t in map(_not_literal, parts) if t is not None), None)
