@@ -9,7 +9,7 @@ its peak resident set is its own:
 
   forward       ours: jitted `model.loss_fn` (forward + loss, no gradient)
   train         ours: the compiled prompt-tuning step
-                (`trainer.make_train_step`, Adafactor), run repeatedly
+                (`train_step.make_train_step`, Adafactor), run repeatedly
   train_model   ours: model tuning (all weights train), for scale
   peft_forward  transformers + PEFT PromptTuningConfig(20, encoder only),
                 under `torch.no_grad`
@@ -41,7 +41,7 @@ PEFT: the mean; the prompts are initialised differently).
 Optimizer state (train and train_model children): bytes of `state.opt_state`
 vs the trainable params (`state.params`) vs all params, for Adafactor (the
 step's state, real arrays) and Adam (`optimizers.adam`, from shapes through
-the same `trainer.init_state`). The check ("ok" / "FAIL", printed, never
+the same `train_step.init_state`). The check ("ok" / "FAIL", printed, never
 raised): the state's bytes equal those of `optimizer.init` on the trainable
 tree built independently from the shape (prompt tuning: one [P, d_model]
 array), and are at most 3x the trainable bytes, so frozen weights hold no
@@ -176,11 +176,11 @@ def opt_state_rows(model, method: str, s: Shape, state, frozen
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   from prompt_tuning import optimizers  # pylint: disable=g-import-not-at-top
-  from prompt_tuning import trainable  # pylint: disable=g-import-not-at-top
-  from prompt_tuning import trainer  # pylint: disable=g-import-not-at-top
+  from prompt_tuning import param_split  # pylint: disable=g-import-not-at-top
+  from prompt_tuning import train_step  # pylint: disable=g-import-not-at-top
   shapes = lambda t: jax.tree.map(
       lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), t)
-  every = shapes(trainable.merge(state.params, frozen))
+  every = shapes(param_split.merge(state.params, frozen))
   # What should train, from the method's definition, not from the split.
   expected = ({"prompt": jax.ShapeDtypeStruct((s.length, s.d_model),
                                               jnp.float32)}
@@ -192,7 +192,7 @@ def opt_state_rows(model, method: str, s: Shape, state, frozen
       train_state, source = state, "arrays"
     else:
       train_state = jax.eval_shape(
-          lambda p, o=optimizer: trainer.init_state(model, p, o)[0], every)
+          lambda p, o=optimizer: train_step.init_state(model, p, o)[0], every)
       source = "shapes"
     opt = common.tree_bytes(train_state.opt_state)
     train = common.tree_bytes(train_state.params)
@@ -221,7 +221,7 @@ def child_ours(kind: str, args, s: Shape) -> dict[str, Any]:
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   import prompt_tuning as pt  # pylint: disable=g-import-not-at-top
   from prompt_tuning import optimizers  # pylint: disable=g-import-not-at-top
-  from prompt_tuning import trainer  # pylint: disable=g-import-not-at-top
+  from prompt_tuning import train_step  # pylint: disable=g-import-not-at-top
   method = "model" if kind == "train_model" else "prompt"
   model, variables = pt.load_pretrained(
       args.model_dir, method=config_s.our_method(method, s))
@@ -244,11 +244,11 @@ def child_ours(kind: str, args, s: Shape) -> dict[str, Any]:
       box.setdefault("loss", float(loss))
   else:
     optimizer = optimizers.adafactor()
-    state, frozen = trainer.init_state(model, params, optimizer)
+    state, frozen = train_step.init_state(model, params, optimizer)
     del params
     box["state"] = state
     del state
-    compiled = trainer.make_train_step(model, optimizer, 1).lower(
+    compiled = train_step.make_train_step(model, optimizer, 1).lower(
         box["state"], frozen, batch, None).compile()
 
     def run():

@@ -9,7 +9,7 @@ come from shapes (`jax.eval_shape`), so nothing is materialised.
 from __future__ import annotations
 
 import prompt_tuning as pt
-from prompt_tuning import trainable
+from prompt_tuning import param_split
 from prompt_tuning.models import configs
 
 # Tan et al. 2022 (MSP), parameter counts as printed for mGPT.
@@ -25,7 +25,7 @@ def mgpt_counts(length: int = 128) -> dict[str, tuple[int, int]]:
                                              reparameterization="mlp"),
       "msp": pt.MultiStagePrompting(length=length),
   }
-  return {name: trainable.count_trainable(
+  return {name: param_split.count_trainable(
       pt.build_model(configs.mgpt(), method=method))
           for name, method in methods.items()}
 

@@ -12,7 +12,7 @@ For each shape, two rates of the same compiled training step:
   out). (`train/metrics.jsonl`'s examples_per_second is no measure here:
   its windows hold the compute-bound chunks below.)
 * compute-bound: the very function the loop stepped with (captured from
-  `trainer.make_train_step`, so the same model, optimizer, mesh, batch shape
+  `train_step.make_train_step`, so the same model, optimizer, mesh, batch shape
   and compiled program), fed the run's first batch from memory, starting
   from a copy of the run's initial state: no input pipeline. The median of
   `--reps` steps after warm-up (common.time_alternating), run in chunks
@@ -153,7 +153,7 @@ def step_flops(model: Any, batch: dict[str, Any]) -> Optional[float]:
 
 
 class Capture:
-  """Wraps `trainer.make_train_step` / `trainer.init_state` while `train()`
+  """Wraps `train_step.make_train_step` / `train_step.init_state` while `train()`
   runs, to keep what the compute-bound run needs (the jitted step itself,
   a copy of the initial state, the first batch and dropout key) and to
   stamp every step's dispatch. A Python call and a list append per step:
@@ -192,8 +192,8 @@ class Capture:
     import jax  # pylint: disable=g-import-not-at-top
     import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
     from prompt_tuning import data  # pylint: disable=g-import-not-at-top
-    from prompt_tuning import trainer  # pylint: disable=g-import-not-at-top
-    make, init = trainer.make_train_step, trainer.init_state
+    from prompt_tuning import train_step  # pylint: disable=g-import-not-at-top
+    make, init = train_step.make_train_step, train_step.init_state
     get_dataset = data.get_dataset
     self.total_steps = total_steps
 
@@ -238,12 +238,12 @@ class Capture:
 
       return step
 
-    trainer.make_train_step, trainer.init_state = make_train_step, init_state
+    train_step.make_train_step, train_step.init_state = make_train_step, init_state
     data.get_dataset = get_dataset_once
     try:
       yield self
     finally:
-      trainer.make_train_step, trainer.init_state = make, init
+      train_step.make_train_step, train_step.init_state = make, init
       data.get_dataset = get_dataset
       if self.profiler is not None and not self.profiled_steps:
         self.profiler.disable()
@@ -339,7 +339,7 @@ CATEGORIES = [
      "prompt_tuning/data.py", "to_global"),
     ("step dispatch (jit call)", "benchmarks/pretrain_throughput.py", "step"),
     # The first read of step k-1's metrics: waits for it if still running.
-    ("check_finite (step k-1)", "prompt_tuning/trainer.py", "check_finite"),
+    ("check_finite (step k-1)", "prompt_tuning/train_step.py", "check_finite"),
     ("period metric reads (step k-1)", "prompt_tuning/train.py", "add"),
     # Reads the newest state: waits for step k, dispatched just before.
     ("optimizers.learning_rate (state after step k)",
@@ -381,7 +381,7 @@ def bench_model(name: str, args, peak: float, workdir: str,
                 profile: bool) -> dict[str, Any]:
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
-  from prompt_tuning import trainable  # pylint: disable=g-import-not-at-top
+  from prompt_tuning import param_split  # pylint: disable=g-import-not-at-top
   gin_files, base_source = MODELS[name]
   base = None
   if base_source is not None:
@@ -469,7 +469,7 @@ def bench_model(name: str, args, peak: float, workdir: str,
       "model": name, "gin_files": list(gin_files), "argv": list(argv),
       "method": (type(capture.model.method).__name__
                  if capture.model.method is not None else "ModelTuning"),
-      "params": trainable.count((capture.init_state.params, frozen)),
+      "params": param_split.count((capture.init_state.params, frozen)),
       "batch": batch_size,
       "shapes": {k: list(v.shape) for k, v in batch.items()},
       "packed": any(k.endswith("_segment_ids") for k in batch),

@@ -6,7 +6,7 @@ inputs 128, targets 32; P = 20. One random model is built with transformers
 and saved; each mesh loads it straight into its shardings
 (`pt.load_pretrained(path, method=..., mesh=mesh)`, the rules of
 `partitioning.LOGICAL_AXIS_RULES`), the batch is placed over 'data' with
-`data.to_global`, and the step is `trainer.make_train_step` (Adafactor), as
+`data.to_global`, and the step is `train_step.make_train_step` (Adafactor), as
 the `train` binary runs it.
 
 Each device count runs in its own subprocess with
@@ -102,16 +102,16 @@ def build_mesh_step(mesh_shape: tuple[int, int], args, s: Shape
   from prompt_tuning import data  # pylint: disable=g-import-not-at-top
   from prompt_tuning import optimizers  # pylint: disable=g-import-not-at-top
   from prompt_tuning import partitioning  # pylint: disable=g-import-not-at-top
-  from prompt_tuning import trainer  # pylint: disable=g-import-not-at-top
+  from prompt_tuning import train_step  # pylint: disable=g-import-not-at-top
   mesh = partitioning.make_mesh(data=mesh_shape[0], model=mesh_shape[1],
                                 num_devices=mesh_shape[0] * mesh_shape[1])
   model, variables = pt.load_pretrained(
       args.model_dir, method=config_s.our_method(args.method, s), mesh=mesh)
   optimizer = optimizers.adafactor()
-  state, frozen = trainer.init_state(model, variables["params"], optimizer)
+  state, frozen = train_step.init_state(model, variables["params"], optimizer)
   del variables
   batch = data.to_global(config_s.make_batch(s), mesh)
-  step = trainer.make_train_step(model, optimizer, 1, mesh=mesh)
+  step = train_step.make_train_step(model, optimizer, 1, mesh=mesh)
   device = mesh.devices.flat[0]
   memory = {
       "param_mib": (shard_bytes(frozen, device)

@@ -15,7 +15,7 @@ weight decay 1e-5):
           T5 prefix reaches)
   model   ours ModelTuning (all weights)   the plain HF model, all weights
 
-Ours is the jitted `trainer.make_train_step` (donated state; only the
+Ours is the jitted `train_step.make_train_step` (donated state; only the
 trainable subtree is differentiated); PEFT's step is forward + backward +
 optimizer step + zero_grad, with torch on as many threads as XLA uses.
 
@@ -124,7 +124,7 @@ def build_ours(path: str, method: str, s: Shape, batch,
   from prompt_tuning import data  # pylint: disable=g-import-not-at-top
   from prompt_tuning import optimizers  # pylint: disable=g-import-not-at-top
   from prompt_tuning import partitioning  # pylint: disable=g-import-not-at-top
-  from prompt_tuning import trainer  # pylint: disable=g-import-not-at-top
+  from prompt_tuning import train_step  # pylint: disable=g-import-not-at-top
   mesh = None
   if data_devices > 1:
     mesh = partitioning.make_mesh(data=data_devices, model=1,
@@ -132,13 +132,13 @@ def build_ours(path: str, method: str, s: Shape, batch,
   model, variables = pt.load_pretrained(
       path, method=config_s.our_method(method, s), mesh=mesh)
   optimizer = optimizers.adafactor()
-  state, frozen = trainer.init_state(model, variables["params"], optimizer)
+  state, frozen = train_step.init_state(model, variables["params"], optimizer)
   del variables
   if mesh is None:
     batch = {k: jnp.asarray(v) for k, v in batch.items()}
   else:
     batch = data.to_global(batch, mesh)
-  step = trainer.make_train_step(model, optimizer, 1, mesh=mesh)
+  step = train_step.make_train_step(model, optimizer, 1, mesh=mesh)
   start = time.perf_counter()
   lowered = step.lower(state, frozen, batch, None)
   traced = time.perf_counter()
@@ -158,7 +158,7 @@ def build_ours(path: str, method: str, s: Shape, batch,
   return {"run": run, "trace_s": traced - start,
           "compile_s": compiled_at - traced, "xla_flops": xla_flops,
           "box": box, "compiled": compiled,
-          "trainable": pt.trainable.count(state.params)}
+          "trainable": pt.param_split.count(state.params)}
 
 
 # ----------------------------------------------------------------------------

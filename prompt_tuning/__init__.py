@@ -11,7 +11,7 @@ seqio and TFDS are needed only by the data pipeline and `prompt_tuning.tasks`.
 """
 
 from prompt_tuning import methods
-from prompt_tuning import trainable
+from prompt_tuning import param_split
 from prompt_tuning.checkpoints.export import export_prompt
 from prompt_tuning.checkpoints.loader import load_pretrained
 from prompt_tuning.checkpoints.shipped import list_pretrained
@@ -22,7 +22,7 @@ from prompt_tuning.methods.msp import MultiStagePrompting
 from prompt_tuning.methods.multitask import MultiTaskPrompt
 from prompt_tuning.methods.prefix_tuning import PrefixTuning
 from prompt_tuning.methods.prefix_tuning import fold
-from prompt_tuning.methods.prompt_tuning import PromptTuning
+from prompt_tuning.methods.soft_prompt import PromptTuning
 from prompt_tuning.model_wrappers import DecoderOnlyModel
 from prompt_tuning.model_wrappers import DecodingOptions
 from prompt_tuning.model_wrappers import EncoderDecoderModel
@@ -31,6 +31,9 @@ from prompt_tuning.models.configs import TransformerConfig
 
 __all__ = [
     "DecoderOnlyModel", "DecodingOptions", "EncoderDecoderModel",
-    "ModelTuning", "MultiStagePrompting", "MultiTaskPrompt", "MultitaskPromptTuning", "PrefixTuning", "PromptTuning", "TransformerConfig",
-    "build_model", "export_prompt", "fold", "initializers", "list_pretrained", "load_pretrained", "methods", "trainable",
+    "ModelTuning", "MultiStagePrompting", "MultiTaskPrompt",
+    "MultitaskPromptTuning", "PrefixTuning", "PromptTuning",
+    "TransformerConfig", "build_model", "export_prompt", "fold",
+    "initializers", "list_pretrained", "load_pretrained", "methods",
+    "param_split",
 ]

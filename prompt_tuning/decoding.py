@@ -9,7 +9,7 @@ beam search with a brevity penalty.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Union
 
 import jax
 import jax.numpy as jnp
@@ -34,11 +34,30 @@ def _filter_logits(logits: jax.Array, topk: int, topp: float) -> jax.Array:
   return logits
 
 
+def is_key_batch(rng: jax.Array) -> bool:
+  """Whether `rng` holds one PRNG key per example ([batch] typed keys or
+  [batch, 2] raw ones) rather than one key for the whole batch."""
+  if jax.dtypes.issubdtype(rng.dtype, jax.dtypes.prng_key):
+    return rng.ndim == 1
+  return rng.ndim == 2
+
+
+def split_keys(rng: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """(carry, sub) = jax.random.split of one key, or of each key of a batch
+  (each row's keys are what splitting that row's key alone gives)."""
+  if is_key_batch(rng):
+    keys = jax.vmap(jax.random.split)(rng)
+    return keys[:, 0], keys[:, 1]
+  carry, sub = jax.random.split(rng)
+  return carry, sub
+
+
 def temperature_sample(step_fn: StepFn, first_logits: jax.Array, cache: Any,
                        *, max_decode_len: int, eos_id: int,
                        budgets: Optional[jax.Array] = None,
                        rng: Optional[jax.Array] = None,
-                       temperature: float = 0.0, topk: int = 0,
+                       temperature: Union[float, jax.Array] = 0.0,
+                       topk: int = 0,
                        topp: float = 0.0) -> tuple[jax.Array, jax.Array]:
   """Greedy (temperature 0) or sampled decoding.
 
@@ -46,6 +65,12 @@ def temperature_sample(step_fn: StepFn, first_logits: jax.Array, cache: Any,
     first_logits: [batch, vocab], predicting the first output token.
     max_decode_len: output width; also the default per-example budget.
     budgets: int [batch], most tokens each example may produce.
+    rng: one key for the batch, or one key per example ([batch] keys, see
+      `is_key_batch`). With one key per example each row's samples are those
+      the row would get decoded alone with its key: they do not depend on
+      the other rows of the batch (what a server mixing requests needs).
+    temperature: 0 (greedy), a float > 0, or float [batch] > 0: one per
+      example (rows of different temperatures share one compiled loop).
   Returns:
     tokens [batch, max_decode_len] (EOS kept, zeros after it) and the sum of
     log p(token) under the model for the produced tokens [batch].
@@ -55,17 +80,33 @@ def temperature_sample(step_fn: StepFn, first_logits: jax.Array, cache: Any,
     budgets = jnp.full((batch,), max_decode_len, jnp.int32)
   if rng is None:
     rng = jax.random.PRNGKey(0)
+  per_row_keys = is_key_batch(rng)
+  per_row_temperature = not isinstance(temperature, (int, float))
+  if per_row_keys and rng.shape[0] != batch:
+    raise ValueError(f"rng holds {rng.shape[0]} keys for a batch of {batch}; "
+                     "pass one key, or exactly one per example.")
+  if per_row_temperature:
+    temperature = jnp.asarray(temperature, jnp.float32)
+    if temperature.shape != (batch,):
+      raise ValueError(f"temperature must be a float or float [batch] = "
+                       f"[{batch}]; got shape {temperature.shape}.")
+    temperature = temperature[:, None]
 
   def pick(logits, key):
     log_probs = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
-    if temperature == 0.0:
+    if not per_row_temperature and temperature == 0.0:
       # argmax's choice (the lowest index among ties); XLA:CPU's TopK runs
       # ~2.5x faster than its variadic argmax reduce over a 32k vocabulary.
       token = jax.lax.top_k(logits, 1)[1][:, 0]
     else:
       filtered = _filter_logits(logits.astype(jnp.float32) / temperature,
                                 topk, topp)
-      token = jax.random.categorical(key, filtered, axis=-1)
+      if per_row_keys:
+        # Each row draws over a batch of one, exactly as when decoded alone.
+        token = jax.vmap(lambda k, row: jax.random.categorical(
+            k, row[None], axis=-1)[0])(key, filtered)
+      else:
+        token = jax.random.categorical(key, filtered, axis=-1)
     token = token.astype(jnp.int32)
     return token, jnp.take_along_axis(log_probs, token[:, None], axis=-1)[:, 0]
 
@@ -75,7 +116,7 @@ def temperature_sample(step_fn: StepFn, first_logits: jax.Array, cache: Any,
 
   def body(state):
     i, tokens, cache, logits, done, score, key = state
-    key, sub = jax.random.split(key)
+    key, sub = split_keys(key)
     token, log_prob = pick(logits, sub)
     token = jnp.where(done, 0, token)
     score = score + jnp.where(done, 0.0, log_prob)

@@ -34,7 +34,7 @@ from prompt_tuning import gin_utils
 from prompt_tuning import model_wrappers
 from prompt_tuning import runtime
 from prompt_tuning import summaries
-from prompt_tuning import trainable
+from prompt_tuning import param_split
 
 
 def step_of(label: str) -> int:
@@ -70,7 +70,7 @@ def load_and_show(binary: str, dataset_cfg: data.DatasetConfig,
   """
   mesh, model, params, label = runtime.load_trained_model(
       dataset_cfg, checkpoint_path, model, params, mesh)
-  train, frozen = trainable.split(params, model.trainable_patterns)
+  train, frozen = param_split.split(params, model.trainable_patterns)
   summaries.screen(binary, dict(
       summaries.start_rows(model, train, frozen, mesh),
       task=f"{dataset_cfg.mixture_or_task_name} ({dataset_cfg.split})",

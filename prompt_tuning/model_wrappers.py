@@ -139,8 +139,7 @@ class BaseModel:
 
   def _features(self, batch: Batch) -> dict[str, jax.Array]:
     """The extra batch features the method's module reads (e.g. task_ids)."""
-    return {k: batch[k] for k in getattr(self.module, "extra_features", ())
-            if k in batch}
+    return {k: batch[k] for k in self.module.extra_features if k in batch}
 
   def _check_batch(self, batch: Batch, required: tuple[str, ...]) -> None:
     missing = [k for k in required if k not in batch]
@@ -157,9 +156,21 @@ class BaseModel:
     return jax.eval_shape(lambda: self.get_initial_variables(
         jax.random.PRNGKey(0), shapes))["params"]
 
+  @_jit_forward
   def compute_logits(self, params: Params, batch: Batch,
                      dropout_rng: Optional[jax.Array] = None) -> jax.Array:
     """float32 logits [batch, length, vocab]; dropout iff an rng is given."""
+    self._check_batch(batch, self.FEATURES)
+    args, kwargs = self._network_inputs(batch)
+    return self.module.apply(
+        {"params": params}, *args, enable_dropout=dropout_rng is not None,
+        rngs=None if dropout_rng is None else {"dropout": dropout_rng},
+        **kwargs, **self._packing_features(batch), **self._features(batch))
+
+  def _network_inputs(self, batch: Batch
+                      ) -> tuple[tuple[jax.Array, ...], dict[str, Any]]:
+    """The network's positional and keyword inputs from a batch's T5X
+    features."""
     raise NotImplementedError
 
   def loss_fn(self, params: Params, batch: Batch,
@@ -214,7 +225,9 @@ class BaseModel:
       self, params: Params, batch: Batch, rng: Optional[jax.Array] = None,
       decoder_params: Optional[Mapping[str, Any]] = None,
       return_all_decodes: bool = False, num_decodes: int = 1,
-      prompt_with_targets: bool = False
+      prompt_with_targets: bool = False, *,
+      budgets: Optional[jax.Array] = None,
+      temperatures: Optional[jax.Array] = None
   ) -> tuple[jax.Array, dict[str, jax.Array]]:
     """Decodes; returns (tokens [batch, length], {"scores": [batch]}).
 
@@ -226,6 +239,18 @@ class BaseModel:
     length] and [batch, num_decodes], best first; otherwise the best one.
     Beam scores are length-penalised log-probs; sample scores are summed
     log-probs.
+
+    Beyond T5X, for callers that batch unrelated requests (a server), where
+    each row must decode as it would alone:
+      rng: one key, or one key per example ([batch] keys; see
+        `decoding.is_key_batch`), so a row's samples do not depend on the
+        other rows.
+      budgets: int [batch], the most tokens each example may produce (at
+        most the output width; for decoder-only models also at most the
+        width left after its prompt), so rows of different lengths share
+        one output width and stop where they would alone.
+      temperatures: float [batch] > 0, each example's sampling temperature
+        (overrides `temperature`; not with beam search).
     """
     if num_decodes < 1:
       raise ValueError(f"num_decodes={num_decodes} must be >= 1.")
@@ -237,25 +262,33 @@ class BaseModel:
       options = dataclasses.replace(options, beam_size=num_decodes)
     elif options.beam_size > 1:
       num_decodes = options.beam_size
+    if temperatures is not None and options.beam_size > 1:
+      raise ValueError(
+          f"temperatures with beam_size={options.beam_size}: beam search is "
+          "deterministic; pass temperatures only when sampling.")
     tokens, scores = self._predict(params, batch, rng, options=options,
                                    prompt_with_targets=prompt_with_targets,
-                                   num_decodes=num_decodes)
+                                   num_decodes=num_decodes, budgets=budgets,
+                                   temperatures=temperatures)
     if return_all_decodes:
       return tokens, {"scores": scores}
     return tokens[:, 0], {"scores": scores[:, 0]}
 
   def _predict(self, params, batch, rng, options, prompt_with_targets,
-               num_decodes):
+               num_decodes, budgets=None, temperatures=None):
     """Returns tokens [batch, num_decodes, length], scores [batch, n]."""
     raise NotImplementedError
 
   def _decode(self, make_step, first_logits, cache, max_decode_len, budgets,
-              rng, opts: DecodingOptions, num_decodes: int):
+              rng, opts: DecodingOptions, num_decodes: int,
+              temperatures: Optional[jax.Array] = None):
     """Beam search or sampling of `num_decodes` per example.
 
     `make_step(n)` builds the step function with its closed-over
     per-example tensors tiled n times (`decoding.tile_beams`), since the
-    decoding loops run over [batch * n] rows.
+    decoding loops run over [batch * n] rows. Per-example keys are split
+    into `num_decodes` keys each (one key per example is kept as it is, so
+    a row samples as it would alone).
     """
     batch = first_logits.shape[0]
     if opts.beam_size > 1:
@@ -264,11 +297,17 @@ class BaseModel:
           beam_size=opts.beam_size, max_decode_len=max_decode_len,
           eos_id=self.eos_id, alpha=opts.alpha, budgets=budgets)
     tile = lambda tree: decoding.tile_beams(tree, num_decodes)
+    if (rng is not None and num_decodes > 1
+        and decoding.is_key_batch(rng)):
+      rng = jax.vmap(lambda key: jax.random.split(key, num_decodes))(rng)
+      rng = rng.reshape((batch * num_decodes,) + rng.shape[2:])
     tokens, scores = decoding.temperature_sample(
         make_step(num_decodes), tile(first_logits), tile(cache),
         max_decode_len=max_decode_len, eos_id=self.eos_id,
         budgets=None if budgets is None else tile(budgets), rng=rng,
-        temperature=opts.temperature, topk=opts.topk, topp=opts.topp)
+        temperature=(opts.temperature if temperatures is None
+                     else tile(jnp.asarray(temperatures, jnp.float32))),
+        topk=opts.topk, topp=opts.topp)
     tokens = tokens.reshape(batch, num_decodes, max_decode_len)
     scores = scores.reshape(batch, num_decodes)
     order = jnp.argsort(-scores, axis=1)
@@ -299,20 +338,15 @@ class EncoderDecoderModel(BaseModel):
         rng, jnp.ones(input_shapes["encoder_input_tokens"], jnp.int32),
         jnp.ones(input_shapes["decoder_input_tokens"], jnp.int32))
 
-  @_jit_forward
-  def compute_logits(self, params, batch, dropout_rng=None):
-    self._check_batch(batch, self.FEATURES)
-    rngs = {"dropout": dropout_rng} if dropout_rng is not None else None
-    return self.module.apply(
-        {"params": params}, batch["encoder_input_tokens"],
-        batch["decoder_input_tokens"], batch["decoder_target_tokens"],
-        enable_dropout=dropout_rng is not None, rngs=rngs,
-        **self._packing_features(batch), **self._features(batch))
+  def _network_inputs(self, batch):
+    return (batch["encoder_input_tokens"], batch["decoder_input_tokens"],
+            batch["decoder_target_tokens"]), {}
 
   @_jit_predict
   def _predict(self, params, batch, rng, options, prompt_with_targets,
-               num_decodes):
-    """Decodes up to len(decoder_target_tokens) tokens after BOS (id 0)."""
+               num_decodes, budgets=None, temperatures=None):
+    """Decodes up to len(decoder_target_tokens) tokens after BOS (id 0)
+    (or each example's budget)."""
     if prompt_with_targets:
       raise ValueError("prompt_with_targets applies to decoder-only models; "
                        "an encoder-decoder's outputs hold no prompt.")
@@ -327,21 +361,19 @@ class EncoderDecoderModel(BaseModel):
     features = self._features(batch)
     apply = self.module.apply
     encoded = apply({"params": params}, inputs, method="encode", **features)
-    if isinstance(self.module, transformer.EncoderDecoder):
-      # Project the cross-attention keys/values once, not at every step.
-      encoded = apply({"params": params}, encoded, method="cross_key_values")
     cache = self._init_cache(
         apply, {"params": params}, encoded, inputs,
         jnp.zeros((batch_size, max_len), jnp.int32), method="decode",
         **features)
 
     def make_step(tile):
-      memory, tiled_inputs, tiled_features = decoding.tile_beams(
+      tiled_encoded, tiled_inputs, tiled_features = decoding.tile_beams(
           (encoded, inputs, features), tile)
-      if hasattr(self.module, "decoding_past"):
-        # MSP: [decoding prompt ; source states] joined once per call, after
-        # tiling (its layers-first arrays cannot be tiled along axis 0).
-        memory = apply({"params": params}, memory, method="decoding_past")
+      # What every step reads instead of the encoder output, computed once
+      # per call after tiling (T5: the cross-attention keys/values; MSP:
+      # [decoding prompt ; source states], layers first).
+      memory = apply({"params": params}, tiled_encoded,
+                     method="decoding_memory")
 
       def step(tokens, cache):
         logits, state = apply({"params": params, "cache": cache}, memory,
@@ -351,12 +383,14 @@ class EncoderDecoderModel(BaseModel):
         return logits[:, -1], state["cache"]
       return step
 
-    # MSP's decoder starts from its separator token rather than T5's 0.
-    start = getattr(self.module, "decoder_start_token_id", 0)
+    # T5 starts from 0; MSP from its separator token.
+    start = self.module.decoder_start_token_id
     first_logits, cache = make_step(1)(
         jnp.full((batch_size, 1), start, jnp.int32), cache)
-    return self._decode(make_step, first_logits, cache, max_len, None, rng,
-                        options, num_decodes)
+    if budgets is not None:
+      budgets = jnp.minimum(jnp.asarray(budgets, jnp.int32), max_len)
+    return self._decode(make_step, first_logits, cache, max_len, budgets, rng,
+                        options, num_decodes, temperatures)
 
 
 class DecoderOnlyModel(BaseModel):
@@ -370,20 +404,14 @@ class DecoderOnlyModel(BaseModel):
     return self.module.init(
         rng, jnp.ones(input_shapes["decoder_input_tokens"], jnp.int32))
 
-  @_jit_forward
-  def compute_logits(self, params, batch, dropout_rng=None):
-    self._check_batch(batch, self.FEATURES)
-    rngs = {"dropout": dropout_rng} if dropout_rng is not None else None
-    return self.module.apply(
-        {"params": params}, batch["decoder_input_tokens"],
-        decoder_causal_attention=batch.get("decoder_causal_attention"),
-        enable_dropout=dropout_rng is not None, rngs=rngs,
-        **self._packing_features(batch), **self._features(batch))
+  def _network_inputs(self, batch):
+    return (batch["decoder_input_tokens"],), {
+        "decoder_causal_attention": batch.get("decoder_causal_attention")}
 
   @_jit_predict
   def _predict(self, params, batch, rng, options, prompt_with_targets,
-               num_decodes):
-    """Continues each prompt up to the feature length.
+               num_decodes, budgets=None, temperatures=None):
+    """Continues each prompt up to the feature length (or its budget).
 
     The prompt of each example is where `decoder_causal_attention` is 1
     (T5X's convention); outputs [batch, length] hold only the new tokens, or
@@ -420,9 +448,12 @@ class DecoderOnlyModel(BaseModel):
         return logits[:, -1], state["cache"]
       return step
 
+    room = length - prompt_lengths
+    if budgets is not None:
+      room = jnp.minimum(jnp.asarray(budgets, jnp.int32), room)
     tokens, scores = self._decode(make_step, first_logits, state["cache"],
-                                  length, length - prompt_lengths, rng,
-                                  options, num_decodes)
+                                  length, room, rng, options, num_decodes,
+                                  temperatures)
     if prompt_with_targets:
       # Shift each row's new tokens right by its prompt length.
       index = (jnp.arange(length)[None, None, :]
@@ -437,6 +468,11 @@ def build_model(config: TransformerConfig, method: Any = None,
   """The T5X-interface model for a config, with a method attached or not."""
   if method is not None:
     return method.build_model(config, **kwargs)
+  return wrapper_class(config)(config, **kwargs)
+
+
+def wrapper_class(config: TransformerConfig) -> type[BaseModel]:
+  """The wrapper whose features match the architecture's batches."""
   if config.architecture == "encoder_decoder":
-    return EncoderDecoderModel(config, **kwargs)
-  return DecoderOnlyModel(config, **kwargs)
+    return EncoderDecoderModel
+  return DecoderOnlyModel

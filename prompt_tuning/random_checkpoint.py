@@ -24,7 +24,7 @@ from typing import Any
 import gin
 
 from prompt_tuning import gin_utils
-from prompt_tuning import trainable
+from prompt_tuning import param_split
 from prompt_tuning.checkpoints import loader
 from prompt_tuning.checkpoints import t5x
 
@@ -56,7 +56,7 @@ def write_random_base(path: str = gin.REQUIRED,
                      "architecture (include a models/*.gin file).")
   params = random_params(config, seed)
   t5x.write_t5x_checkpoint(params, path)  # Atomic: never half a checkpoint.
-  count = trainable.count(params)
+  count = param_split.count(params)
   print(f"Wrote a random {config.architecture} base ({count:,} parameters) "
         f"to {path}")
   return path

@@ -25,11 +25,9 @@ from typing import Any, Optional
 import jax
 import orbax.checkpoint as ocp
 
-from prompt_tuning import trainable
-from prompt_tuning import trainer
+from prompt_tuning import param_split
+from prompt_tuning import train_step
 from prompt_tuning.checkpoints import export
-from prompt_tuning.methods import prefix_tuning
-from prompt_tuning.methods import prompt_tuning as prompt_lib
 
 STEP_PREFIX = "checkpoint"
 NUMPY_DIR = "numpy_checkpoints"
@@ -47,8 +45,7 @@ def _manager(directory: str, keep: Optional[int] = None,
 
 def exportable(model: Any) -> bool:
   """Whether the model's method has tables the `.npy` export writes."""
-  return isinstance(model.method, (prompt_lib.PromptTuning,
-                                   prefix_tuning.PrefixTuning))
+  return model.method is not None and "npy" in model.method.export_formats
 
 
 class RunCheckpoints:
@@ -67,7 +64,7 @@ class RunCheckpoints:
   def all_steps(self) -> list[int]:
     return list(self._manager.all_steps())
 
-  def save(self, state: trainer.TrainState, run_info: dict[str, Any],
+  def save(self, state: train_step.TrainState, run_info: dict[str, Any],
            model: Any = None, frozen: Any = None) -> str:
     """Saves `state` (+ the `.npy` export when the method has one)."""
     step = int(state.step)
@@ -77,7 +74,7 @@ class RunCheckpoints:
         run=ocp.args.JsonSave(dict(run_info, step=step))))
     self._manager.wait_until_finished()
     if model is not None and exportable(model) and jax.process_index() == 0:
-      params = jax.device_get(trainable.merge(state.params, frozen or {}))
+      params = jax.device_get(param_split.merge(state.params, frozen or {}))
       export.export_prompt(params, self.numpy_dir(step), model=model)
       self._prune_exports()
     return self.checkpoint_dir(step)
@@ -97,15 +94,15 @@ class RunCheckpoints:
   def numpy_dir(self, step: int) -> str:
     return os.path.join(self.model_dir, NUMPY_DIR, f"{STEP_PREFIX}_{step}")
 
-  def restore(self, abstract: trainer.TrainState, step: Optional[int] = None
-              ) -> tuple[trainer.TrainState, dict[str, Any]]:
+  def restore(self, abstract: train_step.TrainState, step: Optional[int] = None
+              ) -> tuple[train_step.TrainState, dict[str, Any]]:
     """The state saved at `step` (default newest), placed like `abstract`."""
     step = self.latest_step() if step is None else step
     restored = self._manager.restore(step, args=ocp.args.Composite(
         params=ocp.args.StandardRestore(abstract.params),
         opt_state=ocp.args.StandardRestore(abstract.opt_state),
         run=ocp.args.JsonRestore()))
-    state = trainer.TrainState(
+    state = train_step.TrainState(
         step=jax.numpy.asarray(step, jax.numpy.int32),
         params=restored.params, opt_state=restored.opt_state)
     return state, dict(restored.run)

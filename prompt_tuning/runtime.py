@@ -25,10 +25,9 @@ from prompt_tuning import evaluation
 from prompt_tuning import model_wrappers
 from prompt_tuning import partitioning
 from prompt_tuning import run_checkpoints
-from prompt_tuning import trainable
+from prompt_tuning import param_split
 from prompt_tuning.checkpoints import loader
-from prompt_tuning.methods import prompt_tuning as prompt_lib
-from prompt_tuning.methods.model_tuning import ModelTuning
+from prompt_tuning.methods import soft_prompt as prompt_lib
 
 Params = Any
 
@@ -69,7 +68,7 @@ def load_model(initial_checkpoint_path: Optional[str] = gin.REQUIRED,
   if decoding_options is not None:
     kwargs["decoding_options"] = decoding_options
   if initial_checkpoint_path is None:
-    if not isinstance(method, ModelTuning) or method.trainable is not None:
+    if method is None or method.trainable_patterns() != (".*",):
       raise ValueError(
           "INITIAL_CHECKPOINT_PATH is None, which starts from random weights;"
           " that only makes sense when every weight trains (pretraining with"
@@ -166,27 +165,29 @@ def load_trained(model: model_wrappers.BaseModel, params: Params,
   if os.path.isfile(numpy_file):
     return _with_prompt_file(model, params, numpy_file), (
         os.path.basename(os.path.normpath(checkpoint_path)))
-  train, frozen = trainable.split(params, model.trainable_patterns)
+  train, frozen = param_split.split(params, model.trainable_patterns)
   abstract = jax.tree.map(
       lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
       train)
   restored, step = run_checkpoints.restore_params(checkpoint_path, abstract)
   logging.info("Restored the trained params of step %d from %s", step,
                checkpoint_path)
-  return trainable.merge(restored, frozen), f"checkpoint_{step}"
+  return param_split.merge(restored, frozen), f"checkpoint_{step}"
 
 
 def _with_prompt_file(model: model_wrappers.BaseModel, params: Params,
                       path: str) -> Params:
   """params with prompt/prompt set from a [P, H] .npy file (shape checked)."""
-  if not isinstance(model.method, prompt_lib.PromptTuning):
+  name = None if model.method is None else model.method.prompt_file_param
+  if name is None:
     kind = type(model.method).__name__ if model.method else "no method"
     raise ValueError(
         f"{path}: a prompt file serves PromptTuning's [P, H] prompt, but the "
         f"run's METHOD is {kind}; point CHECKPOINT_PATH at the run's "
         "MODEL_DIR instead.")
   array = prompt_lib.load_prompt(path)
-  current = params["prompt"]["prompt"]
+  scope, leaf = name.split("/")
+  current = params[scope][leaf]
   if array.shape != current.shape:
     raise ValueError(
         f"the prompt in {path} has shape {tuple(array.shape)}, but the model "
@@ -194,7 +195,7 @@ def _with_prompt_file(model: model_wrappers.BaseModel, params: Params,
         "set PROMPT_LENGTH to the file's length and use the model it was "
         "trained with.")
   value = jax.device_put(np.asarray(array, current.dtype), current.sharding)
-  return dict(params, prompt=dict(params["prompt"], prompt=value))
+  return {**params, scope: {**params[scope], leaf: value}}
 
 
 def check_output_dir(output_dir: str, macro: str) -> None:

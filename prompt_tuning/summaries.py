@@ -17,7 +17,7 @@ from typing import Any, Mapping, Optional, Sequence
 
 import jax
 
-from prompt_tuning import trainable
+from prompt_tuning import param_split
 
 
 class MetricWriters:
@@ -149,8 +149,8 @@ def start_rows(model: Any, trainable_params: Any, frozen_params: Any,
                mesh: Any) -> dict[str, Any]:
   """The rows every binary's start screen shows."""
   config = model.config
-  train, frozen = (trainable.count(trainable_params),
-                   trainable.count(frozen_params))
+  train, frozen = (param_split.count(trainable_params),
+                   param_split.count(frozen_params))
   method = type(model.method).__name__ if model.method else "model tuning"
   share = 100.0 * train / max(train + frozen, 1)
   return {

@@ -54,8 +54,8 @@ from prompt_tuning import optimizers
 from prompt_tuning import run_checkpoints
 from prompt_tuning import runtime
 from prompt_tuning import summaries
-from prompt_tuning import trainable
-from prompt_tuning import trainer
+from prompt_tuning import param_split
+from prompt_tuning import train_step
 
 MODEL_INFO_FILE = "model_info.json"
 
@@ -179,7 +179,7 @@ def train(*, model: Optional[model_wrappers.BaseModel] = None,
   for cfg in (train_eval_dataset_cfg, infer_eval_dataset_cfg):
     if cfg is not None:
       data.check_dataset(cfg, model)
-  state, frozen = trainer.init_state(model, params, optimizer)
+  state, frozen = train_step.init_state(model, params, optimizer)
   del params
   base = model.base_path
   os.makedirs(model_dir, exist_ok=True)
@@ -210,7 +210,7 @@ def train(*, model: Optional[model_wrappers.BaseModel] = None,
       json.dumps(_model_info(model, base, rows), indent=2, sort_keys=True,
                  default=str))
 
-  step_fn = trainer.make_train_step(model, optimizer, num_microbatches,
+  step_fn = train_step.make_train_step(model, optimizer, num_microbatches,
                                     mesh=mesh)
   dropout_key = (jax.random.PRNGKey(random_seed)
                  if model.config.dropout_rate > 0 else None)
@@ -230,14 +230,14 @@ def train(*, model: Optional[model_wrappers.BaseModel] = None,
           model, infer_eval_dataset_cfg, mesh,
           log_dir=os.path.join(model_dir, "inference_eval"),
           num_examples=infer_eval_examples)
-    return evaluator.evaluate(trainable.merge(state.params, frozen), step)
+    return evaluator.evaluate(param_split.merge(state.params, frozen), step)
 
   untrained = None
   if eval_untrained and start == 0 and infer_eval_dataset_cfg is not None:
     untrained = inference_eval(0)
 
   def record(step: int, metrics: dict[str, Any]) -> None:
-    trainer.check_finite(metrics, step)
+    train_step.check_finite(metrics, step)
     period.add(metrics)
     rate = throughput.step()
     # From the step's own metrics: reading `state` here would wait for the
@@ -275,7 +275,7 @@ def train(*, model: Optional[model_wrappers.BaseModel] = None,
         if pending is not None:
           record(*pending)
           pending = None
-        params = trainable.merge(state.params, frozen)
+        params = param_split.merge(state.params, frozen)
         if train_eval_dataset_cfg is not None:
           scalars = evaluation.training_eval(
               model, params, train_eval_dataset_cfg, mesh, eval_steps)
@@ -318,7 +318,7 @@ def train(*, model: Optional[model_wrappers.BaseModel] = None,
         evaluator.examples(total_steps, show_examples),
         evaluator.examples(0, show_examples) if untrained else None)
   return TrainResult(int(state.step), last,
-                     trainable.merge(state.params, frozen))
+                     param_split.merge(state.params, frozen))
 
 
 def console_main(argv=None) -> None:

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from prompt_tuning.methods import combine as cb
+from prompt_tuning.models import combine as cb
 
 T, F = True, False
 # Two right-padded rows, both ending in EOS (id 1); P = 2, L = 5.

@@ -28,7 +28,7 @@ from prompt_tuning.methods.model_tuning import ModelTuning
 from prompt_tuning.methods.msp import MultiStagePrompting
 from prompt_tuning.methods.multitask import MultiTaskPrompt
 from prompt_tuning.methods.prefix_tuning import PrefixTuning
-from prompt_tuning.methods.prompt_tuning import PromptTuning
+from prompt_tuning.methods.soft_prompt import PromptTuning
 
 P = 3
 
@@ -194,13 +194,13 @@ def test_peft_t5_prefix_slots_follow_peft_layer_mapping():
   table = np.arange(5, dtype=np.float32)[:, None, None, None, None] * np.ones(
       (5, 2, P, 4, 4), np.float32)
   np.testing.assert_array_equal(
-      export._t5_peft_layer_order(table[:3])[:, 0, 0, 0, 0], [0, 2, 1])
+      prefix_tuning._t5_peft_layer_order(table[:3])[:, 0, 0, 0, 0], [0, 2, 1])
   np.testing.assert_array_equal(
-      export._t5_peft_layer_order(table)[:, 0, 0, 0, 0], [0, 3, 1, 4, 2])
+      prefix_tuning._t5_peft_layer_order(table)[:, 0, 0, 0, 0], [0, 3, 1, 4, 2])
   # Even depth: layers i and i + layers/2 share a slot; tied tables export.
   tied = np.concatenate([table[:2], table[:2]])
   np.testing.assert_array_equal(
-      export._t5_peft_layer_order(tied)[:, 0, 0, 0, 0], [0, 0, 1, 0])
+      prefix_tuning._t5_peft_layer_order(tied)[:, 0, 0, 0, 0], [0, 0, 1, 0])
 
 
 # ----------------------------------------------------------------------------

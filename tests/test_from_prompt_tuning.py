@@ -17,9 +17,9 @@ import prompt_tuning.methods.msp  # pylint: disable=unused-import
 import prompt_tuning.methods.prefix_tuning  # pylint: disable=unused-import
 import prompt_tuning.optimizers  # pylint: disable=unused-import
 import prompt_tuning.train  # pylint: disable=unused-import
-from prompt_tuning.methods import combine
+from prompt_tuning.models import combine
 from prompt_tuning.methods import multitask
-from prompt_tuning.methods import prompt_tuning as prompt_lib
+from prompt_tuning.methods import soft_prompt as prompt_lib
 
 ROOT = Path(__file__).resolve().parents[1]
 DOC = ROOT / "docs" / "from_prompt_tuning.md"

@@ -9,14 +9,14 @@ import optax
 import pytest
 
 import prompt_tuning as pt
-from prompt_tuning import trainable
-from prompt_tuning.methods import combine
+from prompt_tuning import param_split
+from prompt_tuning.models import combine
 from prompt_tuning.methods import initializers
 from prompt_tuning.methods.model_tuning import ModelTuning
 from prompt_tuning.methods.prefix_tuning import PrefixTuning
 from prompt_tuning.methods.prefix_tuning import fold
-from prompt_tuning.methods.prompt_tuning import PromptTuning
-from prompt_tuning.methods.prompt_tuning import decoder_prompt_mask
+from prompt_tuning.methods.soft_prompt import PromptTuning
+from prompt_tuning.models.transformer import prompted_self_mask as decoder_prompt_mask
 from prompt_tuning.models import configs
 
 T5 = configs.t5_1_1("tiny", vocab_size=64, emb_dim=8, head_dim=4,
@@ -313,24 +313,24 @@ METHODS = {
 def test_gradient_step_changes_only_trainable_tensors(name):
   config, method = METHODS[name]
   model, params = _init(config, method)
-  train, frozen = trainable.split(params, model.trainable_patterns)
+  train, frozen = param_split.split(params, model.trainable_patterns)
   batch = _batch(model)
 
   def loss(train_params):
-    return model.loss_fn(trainable.merge(train_params, frozen), batch,
+    return model.loss_fn(param_split.merge(train_params, frozen), batch,
                          None)[0]
 
   optimizer = optax.sgd(0.5)
   grads = jax.grad(loss)(train)
   updates, _ = optimizer.update(grads, optimizer.init(train), train)
-  new_params = trainable.merge(optax.apply_updates(train, updates), frozen)
-  flat_old = trainable._flat(params)  # pylint: disable=protected-access
-  flat_new = trainable._flat(new_params)  # pylint: disable=protected-access
+  new_params = param_split.merge(optax.apply_updates(train, updates), frozen)
+  flat_old = param_split._flat(params)  # pylint: disable=protected-access
+  flat_new = param_split._flat(new_params)  # pylint: disable=protected-access
   assert flat_old.keys() == flat_new.keys()
   changed = {n for n in flat_old
              if not np.array_equal(flat_old[n], flat_new[n])}
   expected = {n for n in flat_old
-              if trainable.is_trainable(n, model.trainable_patterns)}
+              if param_split.is_trainable(n, model.trainable_patterns)}
   assert changed == expected and expected
   for n in set(flat_old) - expected:  # bit-identical, same dtype
     assert flat_new[n] is flat_old[n] or np.array_equal(
@@ -341,7 +341,7 @@ def test_gradient_step_changes_only_trainable_tensors(name):
 def test_trainable_patterns_that_match_nothing_fail_clearly():
   _, params = _init(T5, PromptTuning(length=2))
   with pytest.raises(ValueError, match="match no parameter"):
-    trainable.split(params, [r"encoder/prompt"])
+    param_split.split(params, [r"encoder/prompt"])
 
 
 def _sequence_score(model, params, batch, tokens):
@@ -399,7 +399,7 @@ def test_mgpt_parameter_counts_match_the_msp_paper():
   """P=128 on mGPT: prompt tuning 131K, prefix tuning (MLP, mid 512) ~26M,
   MSP ~19M trainable parameters (Tan et al. 2022)."""
   mgpt = configs.mgpt()
-  count = lambda method: pt.trainable.count_trainable(
+  count = lambda method: pt.param_split.count_trainable(
       pt.build_model(mgpt, method=method))[0]
   assert count(pt.PromptTuning(length=128)) == 128 * 1024
   # embedding [P, 1024] + Linear(1024, 512) + Linear(512, 24 * 2 * 1024)

@@ -12,6 +12,7 @@ prompt to the decoder input in forward, though not in generate).
 from __future__ import annotations
 
 import copy
+import os
 import types
 
 import flax.linen as nn
@@ -22,7 +23,7 @@ import pytest
 import hf_models
 import prompt_tuning as pt
 from prompt_tuning import partitioning
-from prompt_tuning import trainable
+from prompt_tuning import param_split
 from prompt_tuning.checkpoints import export
 from prompt_tuning.methods import initializers as inits
 from prompt_tuning.methods.mpt import MultitaskPromptTuning
@@ -203,7 +204,7 @@ def case(request, torch_peft, hf_tmp):
       named[name].copy_(torch.as_tensor(value))
   return types.SimpleNamespace(
       arch=arch, model=model, params=variables["params"], values=values,
-      base=base, peft=peft_model, torch=torch)
+      base=base, peft=peft_model, torch=torch, peft_lib=peft)
 
 
 def test_parameters_and_prompts_are_pefts(case):
@@ -341,8 +342,8 @@ def test_mixed_batch_equals_per_task_batches(mixed):
 def test_loss_gradient_reaches_only_the_batch_tasks(mixed):
   arch, model, params = mixed
   batch = {**_batch(arch), "task_ids": np.array([2, 0, 2, 0, 0], np.int32)}
-  train, frozen = trainable.split(params, model.trainable_patterns)
-  grads = jax.grad(lambda t: model.loss_fn(trainable.merge(t, frozen), batch,
+  train, frozen = param_split.split(params, model.trainable_patterns)
+  grads = jax.grad(lambda t: model.loss_fn(param_split.merge(t, frozen), batch,
                                            None)[0])(train)["prompt"]
   assert np.abs(grads["prompt_embeddings"]).max() > 0
   for name in ("prefix_task_cols", "prefix_task_rows"):
@@ -392,12 +393,12 @@ def test_only_the_mpt_parameters_train(arch):
   method = MultitaskPromptTuning(num_tasks=4, length=3, num_ranks=2)
   model = pt.build_model(CONFIGS[arch], method=method)
   params = _init(model)
-  train, frozen = trainable.split(params, model.trainable_patterns)
+  train, frozen = param_split.split(params, model.trainable_patterns)
   assert set(train) == {"prompt"}
   assert set(train["prompt"]) == {"prompt_embeddings", "prefix_task_cols",
                                   "prefix_task_rows"}
   assert "prompt" not in frozen
-  counted, _ = trainable.count_trainable(model)
+  counted, _ = param_split.count_trainable(model)
   assert counted == 3 * H + 4 * 3 * 2 + 4 * 2 * H
   # PEFT's default scale for the task matrices; the library's for the prompt.
   p = train["prompt"]
@@ -479,15 +480,27 @@ def test_bad_configurations_are_rejected():
         combine="suffix"))
 
 
-def test_export_refuses_mpt_until_it_declares_a_format(tmp_path):
+def test_npy_export_refuses_mpt(tmp_path):
   model = pt.build_model(CONFIGS["t5"], method=MultitaskPromptTuning(
       num_tasks=2, length=2))
   variables = {"params": _init(model)}
-  with pytest.raises(ValueError, match="no PEFT counterpart"):
-    export.export_prompt(variables, tmp_path / "a", format="peft",
-                         model=model)
   with pytest.raises(ValueError, match="PromptTuning"):
     export.export_prompt(variables, tmp_path / "b", model=model)
+  assert not os.path.exists(tmp_path / "b")
+
+
+def test_peft_export_loads_in_peft_with_our_logits(case, tmp_path):
+  """Our MPT params, exported as a PEFT adapter and loaded by
+  PeftModel.from_pretrained on the same base, give our logits per task."""
+  out = export.export_prompt({"params": case.params}, tmp_path / "adapter",
+                             format="peft", model=case.model)
+  loaded = case.peft_lib.PeftModel.from_pretrained(
+      copy.deepcopy(case.base), out).eval()
+  batch = _t5_batch() if case.arch == "t5" else _gpt2_batch()
+  ours = np.asarray(case.model.compute_logits(case.params, batch))
+  ref = _peft_logits(case.torch, loaded, case.arch, batch)
+  real = batch["decoder_loss_weights"] > 0
+  np.testing.assert_allclose(ours[real], ref[real], **LOGIT_TOL)
 
 
 # ----------------------------------------------------------------------------

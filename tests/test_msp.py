@@ -22,7 +22,7 @@ import pytest
 
 import prompt_tuning as pt
 from prompt_tuning import losses
-from prompt_tuning import trainable
+from prompt_tuning import param_split
 from prompt_tuning.methods import msp
 from prompt_tuning.models import configs
 from prompt_tuning.models import masks
@@ -641,7 +641,7 @@ def test_names_axes_init_and_trainable(gpt2):
   model, _ = gpt2
   boxed = jax.eval_shape(lambda: model.module.init(
       jax.random.PRNGKey(0), method="init_method_params"))["params"]["msp"]
-  assert boxed["prompts"].names == msp.PROMPT_AXES
+  assert boxed["prompts"].names == msp.STAGE_PROMPT_AXES
   assert boxed["scales"].names == ("stages",)
   values = _msp_params(model)
   assert values["prompts"].shape == (3,) + PROMPT_SHAPE
@@ -651,8 +651,8 @@ def test_names_axes_init_and_trainable(gpt2):
   assert np.abs(values["prompts"]).max() <= limit
   assert np.abs(values["prompts"]).max() > 0.5 * limit
   patterns = model.trainable_patterns
-  assert all(trainable.is_trainable(f"msp/{n}", patterns) for n in values)
-  assert not trainable.is_trainable(
+  assert all(param_split.is_trainable(f"msp/{n}", patterns) for n in values)
+  assert not param_split.is_trainable(
       "decoder/layers_0/self_attention/key/kernel", patterns)
 
 

@@ -14,7 +14,7 @@ from prompt_tuning import partitioning
 from prompt_tuning.methods import initializers as inits
 from prompt_tuning.methods.multitask import MultiTaskPrompt
 from prompt_tuning.methods.multitask import per_task
-from prompt_tuning.methods.prompt_tuning import PromptTuning
+from prompt_tuning.methods.soft_prompt import PromptTuning
 from prompt_tuning.models import configs
 
 VOCAB = 64

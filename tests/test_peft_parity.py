@@ -35,7 +35,7 @@ import prompt_tuning as pt
 from prompt_tuning.checkpoints import export
 from prompt_tuning.methods import initializers
 from prompt_tuning.methods.prefix_tuning import PrefixTuning
-from prompt_tuning.methods.prompt_tuning import PromptTuning
+from prompt_tuning.methods.soft_prompt import PromptTuning
 # pylint: enable=g-import-not-at-top,wrong-import-position,g-bad-import-order
 
 # transformers' deprecation inside PEFT, and PEFT's note that it drops the

@@ -15,7 +15,7 @@ import prompt_tuning as pt
 from prompt_tuning import optimizers
 from prompt_tuning import run_checkpoints
 from prompt_tuning import runtime
-from prompt_tuning import trainer
+from prompt_tuning import train_step
 from prompt_tuning.checkpoints import loader
 from prompt_tuning.checkpoints import shipped
 from prompt_tuning.models import configs
@@ -84,7 +84,7 @@ def test_a_model_tuning_run_is_the_next_stages_base(tmp_path):
   """INITIAL_CHECKPOINT_PATH may name a pretraining run (T5X habit): its
   newest checkpoint loads as a whole model, architecture included."""
   params = jax.tree.map(np.asarray, loader.random_params(TINY_T5, seed=1))
-  state = trainer.TrainState(step=np.int32(7), params=params,
+  state = train_step.TrainState(step=np.int32(7), params=params,
                              opt_state=optax.sgd(0.1).init(params))
   run_dir = tmp_path / "stage1"
   checkpoints = run_checkpoints.RunCheckpoints(str(run_dir))
@@ -102,7 +102,7 @@ def test_a_model_tuning_run_is_the_next_stages_base(tmp_path):
 
 def test_a_prompt_run_is_not_a_base(tmp_path):
   prompt = {"prompt": {"prompt": np.zeros((2, 8), np.float32)}}
-  state = trainer.TrainState(step=np.int32(1), params=prompt,
+  state = train_step.TrainState(step=np.int32(1), params=prompt,
                              opt_state=optax.sgd(0.1).init(prompt))
   checkpoints = run_checkpoints.RunCheckpoints(str(tmp_path / "run"))
   checkpoints.save(state, {})

@@ -24,7 +24,7 @@ from prompt_tuning import optimizers
 from prompt_tuning import random_checkpoint
 from prompt_tuning import run_checkpoints
 from prompt_tuning import train as train_lib
-from prompt_tuning import trainable
+from prompt_tuning import param_split
 from prompt_tuning.checkpoints import t5x
 
 import hf_models
@@ -98,8 +98,8 @@ def assert_frozen_untouched(result, base, config, method, base_dir):
   """Trainable params moved; frozen ones equal the base bit for bit."""
   model, initial = pt.load_pretrained(base, config=config, method=method)
   initial = initial["params"]
-  trained, frozen = trainable.split(result.params, model.trainable_patterns)
-  start, base_params = trainable.split(initial, model.trainable_patterns)
+  trained, frozen = param_split.split(result.params, model.trainable_patterns)
+  start, base_params = param_split.split(initial, model.trainable_patterns)
   for a, b in zip(jax.tree.leaves(frozen), jax.tree.leaves(base_params)):
     assert np.asarray(a).dtype == np.asarray(b).dtype
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
@@ -286,8 +286,8 @@ def test_every_method_trains_and_decodes_through_the_loop(
   [metrics] = result.metrics["inference_eval"].values()
   assert 0.0 <= metrics["sequence_accuracy"] <= 100.0
   model, initial = pt.load_pretrained(base, config=config, method=method)
-  trained, frozen = trainable.split(result.params, model.trainable_patterns)
-  start, base_params = trainable.split(initial["params"],
+  trained, frozen = param_split.split(result.params, model.trainable_patterns)
+  start, base_params = param_split.split(initial["params"],
                                        model.trainable_patterns)
   for a, b in zip(jax.tree.leaves(frozen), jax.tree.leaves(base_params)):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))

@@ -28,7 +28,7 @@ from prompt_tuning import partitioning
 from prompt_tuning import random_checkpoint
 from prompt_tuning import run_checkpoints
 from prompt_tuning import train as train_lib
-from prompt_tuning import trainable
+from prompt_tuning import param_split
 from prompt_tuning.checkpoints import t5x
 
 import seqio_test_tasks
@@ -94,8 +94,8 @@ def test_train_from_python_saves_checkpoints_and_moves_only_the_prompt(
   assert saved.all_steps() == [2, 3]  # checkpoint_period=2, and the end
   metrics = (run_dir / "train" / "metrics.jsonl").read_text().splitlines()
   assert [json.loads(line)["step"] for line in metrics] == [1, 2, 3]
-  trained, frozen = trainable.split(result.params, model.trainable_patterns)
-  start, base = trainable.split(initial, model.trainable_patterns)
+  trained, frozen = param_split.split(result.params, model.trainable_patterns)
+  start, base = param_split.split(initial, model.trainable_patterns)
   assert jax.tree.structure(frozen) == jax.tree.structure(base)
   for a, b in zip(jax.tree.leaves(frozen), jax.tree.leaves(base)):
     np.testing.assert_array_equal(np.asarray(a), b)

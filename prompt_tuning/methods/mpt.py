@@ -39,12 +39,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from prompt_tuning.methods import base
-from prompt_tuning.methods import combine as combine_lib
 from prompt_tuning.methods import initializers
 from prompt_tuning.methods import multitask
-from prompt_tuning.methods.prompt_tuning import PROMPT_AXES
-from prompt_tuning.methods.prompt_tuning import PromptDecoderOnly
-from prompt_tuning.methods.prompt_tuning import PromptEncoderDecoder
+from prompt_tuning.methods import soft_prompt
+from prompt_tuning.methods.soft_prompt import PROMPT_AXES
+from prompt_tuning.models import combine as combine_lib
+from prompt_tuning.models import hooks as hooks_lib
 from prompt_tuning.models.configs import TransformerConfig
 
 __all__ = ["MultitaskPromptTuning", "SOURCE_INITS"]
@@ -64,7 +64,7 @@ SOURCE_INITS = ("average_source_tasks", "exact_source_task",
 
 @gin.configurable
 @dataclasses.dataclass(frozen=True, eq=False)
-class MultitaskPromptTuning(base.Method):
+class MultitaskPromptTuning(base.SoftPromptMethod):
   """MPT: a shared prompt times a rank-`num_ranks` matrix per task.
 
   Attributes:
@@ -93,6 +93,8 @@ class MultitaskPromptTuning(base.Method):
   combine: Union[str, combine_lib.LayoutFn] = "prefix"
   trainable: Optional[Sequence[str]] = None
   default_trainable = (r"prompt/.*",)
+  extra_features = (TASK_IDS,)
+  export_formats = ("peft",)
   packing_unsupported = (
       "multitask prompt tuning places one prompt per row, chosen by the "
       "row's task_ids; a packed row holds several examples, possibly of "
@@ -161,20 +163,6 @@ class MultitaskPromptTuning(base.Method):
               np.broadcast_to(rows, (tasks,) + rows.shape)))
     return cls(**kwargs)
 
-  def positions_taken(self) -> int:
-    return self.length
-
-  def layout_fn(self) -> combine_lib.LayoutFn:
-    return combine_lib.get_layout(self.combine)
-
-  def check_config(self, config: TransformerConfig) -> None:
-    super().check_config(config)
-    if (config.architecture == "decoder_only"
-        and self.combine not in ("prefix", "after_bos")):
-      raise ValueError(
-          f"combine={self.combine!r}: decoder-only models take the prompt "
-          "before their tokens ('prefix') or after BOS ('after_bos').")
-
   def check_batch(self, batch) -> None:
     """Out-of-range task ids are an error here, where values are concrete;
     under a caller's jit they give NaN scores."""
@@ -184,93 +172,56 @@ class MultitaskPromptTuning(base.Method):
       multitask._check_task_ids(  # pylint: disable=protected-access
           np.asarray(ids), self.num_tasks, None)
 
-  def soft_prompt(self, config: TransformerConfig) -> MptSoftPrompt:
-    return MptSoftPrompt(self, config.emb_dim, name="prompt")
+  def hooks(self, config: TransformerConfig) -> "MptSoftPrompt":
+    return MptSoftPrompt(config, self)
 
-  def networks(self) -> Mapping[str, type[nn.Module]]:
-    return {"encoder_decoder": MptEncoderDecoder,
-            "decoder_only": MptDecoderOnly}
+  def peft_adapter(self, params, model):
+    """PEFT's MULTITASK_PROMPT_TUNING adapter: the three tensors under
+    their own names (PEFT's saved names are ours)."""
+    adapter = soft_prompt.peft_prompt_config(self, model.config,
+                                             "MULTITASK_PROMPT_TUNING")
+    adapter.update(num_tasks=self.num_tasks, num_ranks=self.num_ranks)
+    prompt = params.get("prompt", {})
+    missing = [n for n in (SHARED, COLS, ROWS) if n not in prompt]
+    if missing:
+      raise ValueError(f"the params lack prompt/{missing[0]}; export the "
+                       "params of this MultitaskPromptTuning model.")
+    return adapter, {name: np.asarray(prompt[name], np.float32)
+                     for name in (SHARED, COLS, ROWS)}
 
 
-class MptSoftPrompt(nn.Module):
-  """Per-example prompts [batch, P, H] from the three MPT parameters."""
-
-  method: MultitaskPromptTuning
-  features: int
+class MptSoftPrompt(hooks_lib.MethodHooks):
+  """MPT's hooks: per-example prompts [batch, P, H] from the three MPT
+  parameters, chosen by `task_ids`."""
 
   @nn.compact
   def __call__(self, task_ids: jax.Array,
                embedding: Optional[jax.Array] = None) -> jax.Array:
     """task_ids: int [batch]; embedding: the token table [vocab, H]."""
-    m = self.method
-    shared = base.method_param(self, SHARED, m.initializer,
-                               (m.length, self.features), PROMPT_AXES,
-                               embedding)
+    m, width = self.method, self.config.emb_dim
+    shared = base.method_param(self, SHARED, m.initializer, (m.length, width),
+                               PROMPT_AXES, embedding)
     cols = base.method_param(
         self, COLS, m.cols_initializer or m.task_initializer,
         (m.num_tasks, m.length, m.num_ranks), COLS_AXES, embedding)
     rows = base.method_param(
         self, ROWS, m.rows_initializer or m.task_initializer,
-        (m.num_tasks, m.num_ranks, self.features), ROWS_AXES, embedding)
+        (m.num_tasks, m.num_ranks, width), ROWS_AXES, embedding)
     # Every task's prompt, then one per example: [tasks, P, H] is cheaper
     # than a product per example when the batch outnumbers the tasks.
     scales = jnp.einsum("tpr,trh->tph", cols, rows,
                         precision=jax.lax.Precision.HIGHEST)
-    prompts = shared[None] * scales
-    # NaN rows for ids out of range; jnp.take alone would wrap negative ids.
-    in_range = (task_ids >= 0) & (task_ids < m.num_tasks)
-    chosen = jnp.take(prompts, jnp.clip(task_ids, 0, m.num_tasks - 1), axis=0)
-    return jnp.where(in_range[:, None, None], chosen, jnp.nan)
+    return multitask.choose_task_rows(shared[None] * scales, task_ids)
 
+  def input_prompt(self, tokens, features, embedding):
+    task_ids = multitask.task_ids_feature(
+        self, tokens.shape[0], features,
+        f"MultitaskPromptTuning(num_tasks={self.method.num_tasks}) picks "
+        "each example's prompt by the int feature 'task_ids' [batch]; add it "
+        "to the batch (e.g. the task's index from a seqio preprocessor).")
+    return hooks_lib.InputPrompt(tokens, self(task_ids, embedding),
+                                 self.method.layout)
 
-class _MptHooks:
-  """The `soft_prompt` hook of PromptEncoderDecoder / PromptDecoderOnly per
-  example: reads `task_ids`, returns a [batch, P, H] prompt."""
-
-  # Batch features the model wrappers pass to every call.
-  extra_features = (TASK_IDS,)
-
-  def _embedding_table(self) -> jax.Array:
-    raise NotImplementedError
-
-  def _task_ids(self, batch: int, features: Mapping[str, jax.Array]
-                ) -> jax.Array:
-    if TASK_IDS in features:
-      task_ids = jnp.asarray(features[TASK_IDS])
-      if task_ids.shape not in ((batch,), (batch, 1)):
-        raise ValueError(f"task_ids must be int [batch] = [{batch}]; got "
-                         f"shape {task_ids.shape}.")
-      if not jnp.issubdtype(task_ids.dtype, jnp.integer):
-        raise ValueError(f"task_ids must be integers; got {task_ids.dtype}.")
-      return task_ids.reshape(batch).astype(jnp.int32)
-    if self.is_initializing():
-      # `module.init` runs without batch features; any task builds params.
-      return jnp.zeros((batch,), jnp.int32)
-    raise KeyError(
-        "batch lacks task_ids: MultitaskPromptTuning(num_tasks="
-        f"{self.method.num_tasks}) picks each example's prompt by the int "
-        "feature 'task_ids' [batch]; add it to the batch (e.g. the task's "
-        "index from a seqio preprocessor).")
-
-  def soft_prompt(self, tokens: jax.Array, features: Mapping[str, jax.Array]
-                  ) -> tuple[jax.Array, jax.Array]:
-    task_ids = self._task_ids(tokens.shape[0], features)
-    return tokens, self.prompt(task_ids, self._embedding_table())
-
-  def init_method_params(self) -> None:
+  def init_params(self, embedding: jax.Array) -> None:
     # Called by load_pretrained without a batch: task 0 builds every param.
-    self.prompt(jnp.zeros((1,), jnp.int32), self._embedding_table())
-
-
-class MptEncoderDecoder(_MptHooks, PromptEncoderDecoder):
-  """EncoderDecoder whose encoder input carries each example's MPT prompt."""
-
-  def _embedding_table(self) -> jax.Array:
-    return self.token_embedder.embedding
-
-
-class MptDecoderOnly(_MptHooks, PromptDecoderOnly):
-  """DecoderOnly whose input carries each example's MPT prompt."""
-
-  def _embedding_table(self) -> jax.Array:
-    return self.decoder.token_embedder.embedding
+    self(jnp.zeros((1,), jnp.int32), embedding)

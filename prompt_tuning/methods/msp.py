@@ -54,9 +54,10 @@ import jax
 import jax.numpy as jnp
 
 from prompt_tuning import model_wrappers
-from prompt_tuning import trainable
+from prompt_tuning import param_split
 from prompt_tuning.methods import base
 from prompt_tuning.methods import initializers
+from prompt_tuning.models import hooks as hooks_lib
 from prompt_tuning.models import masks
 from prompt_tuning.models import transformer
 from prompt_tuning.models.configs import TransformerConfig
@@ -66,7 +67,8 @@ from prompt_tuning.models.kv_prefix import KvPrefix
 # encoding stage is 0, re-encoding pass i (from 0) is 1 + i and decoding is
 # the last, 1 + n.
 ENCODING = 0
-PROMPT_AXES = ("stages", "layers", "kv_pair", "prompt", "prompt_heads", "kv")
+STAGE_PROMPT_AXES = ("stages", "layers", "kv_pair", "prompt", "prompt_heads",
+                     "kv")
 SCALE_AXES = ("stages",)
 # `<extra_id_0>` of the mT5 SentencePiece vocabulary (250,100 pieces), the
 # separator between source and target in the MSP paper's mGPT.
@@ -98,29 +100,27 @@ def decoding(num_reencoding_stages: int) -> int:
   return 1 + num_reencoding_stages
 
 
-class StagePrompts(nn.Module):
-  """phi [S, layers, 2, P, heads, head_dim] and alpha [S]: S = 2 + n stages,
-  or S = 1 shared by all of them."""
-
-  num_layers: int
-  length: int
-  num_heads: int
-  head_dim: int
-  num_stages: int
-  initializer: initializers.Initializer = (
-      initializers.xavier_uniform_per_slice())
+class StagePrompts(hooks_lib.MethodHooks):
+  """MSP's parameters: phi [S, layers, 2, P, heads, head_dim] and alpha [S],
+  S = 2 + n stages, or S = 1 shared by all of them. `MspDecoderOnly` drives
+  the stages itself, so of the hooks only `init_params` is overridden."""
 
   @nn.compact
   def __call__(self, stage: int) -> jax.Array:
     """Stage `stage`'s prompt max(alpha, 1) * phi: [layers, 2, P, h, d]."""
+    m, cfg = self.method, self.config
     phi = base.method_param(
-        self, "prompts", self.initializer,
-        (self.num_stages, self.num_layers, 2, self.length, self.num_heads,
-         self.head_dim), PROMPT_AXES)
+        self, "prompts", m.initializer,
+        (m.num_stages, cfg.num_decoder_layers, 2, m.length, cfg.num_heads,
+         cfg.head_dim), STAGE_PROMPT_AXES)
     alpha = base.method_param(self, "scales", nn.initializers.ones,
-                              (self.num_stages,), SCALE_AXES)
-    index = 0 if self.num_stages == 1 else stage
+                              (m.num_stages,), SCALE_AXES)
+    index = 0 if m.num_stages == 1 else stage
     return jnp.maximum(alpha[index], 1.0) * phi[index]
+
+  def init_params(self, embedding: jax.Array) -> None:
+    del embedding
+    self(ENCODING)
 
 
 @gin.configurable
@@ -149,6 +149,7 @@ class MultiStagePrompting(base.Method):
       initializers.xavier_uniform_per_slice())
   trainable: Optional[Sequence[str]] = None
   default_trainable = (r"msp/.*",)
+  param_scope = "msp"
   architectures = ("decoder_only",)
   packing_unsupported = (
       "MSP carries each row's source keys/values into its re-encoding and "
@@ -181,14 +182,13 @@ class MultiStagePrompting(base.Method):
     """How many (phi, alpha) pairs: 2 + n, or 1 when shared."""
     return 1 if self.shared_prompt else 2 + self.num_reencoding_stages
 
-  def stage_prompts(self, config: TransformerConfig) -> StagePrompts:
-    return StagePrompts(
-        num_layers=config.num_decoder_layers, length=self.length,
-        num_heads=config.num_heads, head_dim=config.head_dim,
-        num_stages=self.num_stages, initializer=self.initializer, name="msp")
+  def hooks(self, config: TransformerConfig) -> StagePrompts:
+    return StagePrompts(config, self)
 
-  def networks(self) -> Mapping[str, type[nn.Module]]:
-    return {"decoder_only": MspDecoderOnly}
+  def build_module(self, config: TransformerConfig) -> "MspDecoderOnly":
+    """MSP's three stages replace the decoder-only forward pass."""
+    self.check_config(config)
+    return MspDecoderOnly(config, method=self)
 
   def wrapper_class(self, config: TransformerConfig
                     ) -> type[model_wrappers.BaseModel]:
@@ -199,7 +199,7 @@ class MultiStagePrompting(base.Method):
   def num_params(self, config: TransformerConfig) -> int:
     """MSP's parameter count for `config`, from shapes only (no arrays)."""
     params = nn.meta.unbox(self.build_model(config).abstract_params())
-    return trainable.count(params["msp"])
+    return param_split.count(params["msp"])
 
 
 def _past(prompt: jax.Array, source: Optional[SourceStates],
@@ -236,22 +236,13 @@ class MspDecoderOnly(transformer.DecoderOnly):
   """A frozen DecoderOnly (params under decoder/...) driven in MSP's three
   stages, with the encoder-decoder interface (encode / decode / __call__)."""
 
-  method: Any = None
-
-  def setup(self):
-    super().setup()
-    self.msp = self.method.stage_prompts(self.config)
-
   @property
   def decoder_start_token_id(self) -> int:
     """Where decoding starts (read by EncoderDecoderModel's predict)."""
     return self.method.separator_id
 
-  def init_method_params(self) -> None:
-    self.msp(ENCODING)
-
   def _decoding_prompt(self) -> jax.Array:
-    return self.msp(decoding(self.method.num_reencoding_stages))
+    return self.hooks(decoding(self.method.num_reencoding_stages))
 
   def _check_length(self, length: int, what: str) -> None:
     limit = self.config.max_position_embeddings
@@ -289,11 +280,11 @@ class MspDecoderOnly(transformer.DecoderOnly):
     deterministic = not enable_dropout
     valid = jnp.asarray(encoder_input_tokens) > 0
     embedded = self.decoder.embed(encoder_input_tokens)
-    states = [self._source_stage(embedded, valid, self.msp(ENCODING), None,
+    states = [self._source_stage(embedded, valid, self.hooks(ENCODING), None,
                                  deterministic)]
     for i in range(self.method.num_reencoding_stages):
       states.append(self._source_stage(embedded, valid,
-                                       self.msp(reencoding(i)), states[-1],
+                                       self.hooks(reencoding(i)), states[-1],
                                        deterministic))
     return states
 
@@ -303,7 +294,7 @@ class MspDecoderOnly(transformer.DecoderOnly):
     return self.source_states(encoder_input_tokens,
                               enable_dropout=enable_dropout, **features)[-1]
 
-  def decoding_past(self, encoded: SourceStates) -> KvPrefix:
+  def decoding_memory(self, encoded: SourceStates) -> KvPrefix:
     """Stage 3's past [decoding prompt ; re-encoded source], joined once.
 
     Decoding passes it to every step in place of `encoded`, in the "bhdk"
@@ -322,7 +313,7 @@ class MspDecoderOnly(transformer.DecoderOnly):
              **features) -> jax.Array:
     """Stage 3: logits [batch, q, vocab] for decoder inputs [batch, q].
 
-    `encoded` is the re-encoded source, or its `decoding_past`.
+    `encoded` is the re-encoded source, or its `decoding_memory`.
 
     Full (non-decode) inputs follow seqio's encoder-decoder converter, which
     puts 0 in column 0; that column becomes the separator. Decode-mode

@@ -45,13 +45,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from prompt_tuning.methods import base
-from prompt_tuning.methods import combine as combine_lib
 from prompt_tuning.methods import initializers
 from prompt_tuning.methods import multitask_bank
-from prompt_tuning.methods.prompt_tuning import PROMPT_AXES
-from prompt_tuning.methods.prompt_tuning import PromptDecoderOnly
-from prompt_tuning.methods.prompt_tuning import PromptEncoderDecoder
-from prompt_tuning.methods.prompt_tuning import load_prompt
+from prompt_tuning.methods.soft_prompt import PROMPT_AXES
+from prompt_tuning.methods.soft_prompt import load_prompt
+from prompt_tuning.models import combine as combine_lib
+from prompt_tuning.models import hooks as hooks_lib
 from prompt_tuning.models.configs import TransformerConfig
 
 __all__ = ["MODES", "MultiTaskPrompt", "per_task"]
@@ -118,7 +117,7 @@ def _load_bank(prompts: Any) -> np.ndarray:
 
 @gin.configurable
 @dataclasses.dataclass(frozen=True, eq=False)
-class MultiTaskPrompt(base.Method):
+class MultiTaskPrompt(base.SoftPromptMethod):
   """A shared prompt plus per-task parts for `num_tasks` tasks.
 
   Attributes:
@@ -258,11 +257,9 @@ class MultiTaskPrompt(base.Method):
     parts = multitask_bank.read_parts(checkpoint, **sources)
     return cls(**multitask_bank.method_kwargs(*parts, mode), **kwargs)
 
-  def positions_taken(self) -> int:
-    return self.length
-
-  def layout_fn(self) -> combine_lib.LayoutFn:
-    return combine_lib.get_layout(self.combine)
+  @property
+  def extra_features(self) -> tuple[str, ...]:
+    return () if self.task_token_offset is not None else (TASK_IDS,)
 
   def part_shapes(self, emb_dim: int
                   ) -> tuple[Optional[tuple[int, int]], tuple[int, int]]:
@@ -300,16 +297,12 @@ class MultiTaskPrompt(base.Method):
           f"task_token_offset={self.task_token_offset} is outside the model's "
           f"vocabulary of {config.vocab_size}; set it to the id of "
           "<extra_id_0> in the task's vocabulary (its size - 1).")
-    if config.architecture == "decoder_only":
-      if self.task_token_offset is not None:
-        raise ValueError(
-            "task_token_offset reads the task from a leading encoder token; "
-            "decoder-only models take it from the `task_ids` feature: leave "
-            "task_token_offset=None and add task_ids [batch] to the batch.")
-      if self.combine not in ("prefix", "after_bos"):
-        raise ValueError(
-            f"combine={self.combine!r}: decoder-only models take the prompt "
-            "before their tokens ('prefix') or after BOS ('after_bos').")
+    if (config.architecture == "decoder_only"
+        and self.task_token_offset is not None):
+      raise ValueError(
+          "task_token_offset reads the task from a leading encoder token; "
+          "decoder-only models take it from the `task_ids` feature: leave "
+          "task_token_offset=None and add task_ids [batch] to the batch.")
 
   packing_unsupported = (
       "multitask prompts place one prompt per row, chosen by the row's task "
@@ -331,11 +324,8 @@ class MultiTaskPrompt(base.Method):
         return
     _check_task_ids(np.asarray(ids), self.num_tasks, self.task_token_offset)
 
-  def soft_prompt(self, config: TransformerConfig) -> MultiTaskSoftPrompt:
-    return MultiTaskSoftPrompt(self, config.emb_dim, name="prompt")
-
-  def networks(self) -> Mapping[str, type[nn.Module]]:
-    return {"encoder_decoder": MultiTaskEncoderDecoder, "decoder_only": MultiTaskDecoderOnly}
+  def hooks(self, config: TransformerConfig) -> "MultiTaskSoftPrompt":
+    return MultiTaskSoftPrompt(config, self)
 
 
 def _check_task_ids(task_ids: jax.Array, num_tasks: int,
@@ -356,19 +346,45 @@ def _check_task_ids(task_ids: jax.Array, num_tasks: int,
         f"{num_tasks} tasks{source}; ids must be in [0, {num_tasks}).")
 
 
-class MultiTaskSoftPrompt(nn.Module):
-  """Per-example prompts [batch, P, H] from `prompt/shared` and
-  `prompt/tasks` (or the bank's constant table)."""
+def task_ids_feature(module: nn.Module, batch: int,
+                     features: Mapping[str, jax.Array],
+                     missing: str) -> jax.Array:
+  """int32 [batch] task ids from the `task_ids` feature ([batch] or
+  [batch, 1]); task 0 while `module.init` builds the parameters without a
+  batch; otherwise a KeyError that ends with `missing`."""
+  if TASK_IDS in features:
+    task_ids = jnp.asarray(features[TASK_IDS])
+    if task_ids.shape not in ((batch,), (batch, 1)):
+      raise ValueError(f"task_ids must be int [batch] = [{batch}]; got "
+                       f"shape {task_ids.shape}.")
+    if not jnp.issubdtype(task_ids.dtype, jnp.integer):
+      raise ValueError(f"task_ids must be integers; got {task_ids.dtype}.")
+    return task_ids.reshape(batch).astype(jnp.int32)
+  if module.is_initializing():
+    return jnp.zeros((batch,), jnp.int32)
+  raise KeyError(f"batch lacks task_ids: {missing}")
 
-  method: MultiTaskPrompt
-  features: int
+
+def choose_task_rows(prompts: jax.Array, task_ids: jax.Array) -> jax.Array:
+  """prompts [tasks, P, H] -> each example's [batch, P, H]; NaN rows for ids
+  out of range (see the module doc): jnp.take alone would wrap negative ids
+  around."""
+  num_tasks = prompts.shape[0]
+  in_range = (task_ids >= 0) & (task_ids < num_tasks)
+  chosen = jnp.take(prompts, jnp.clip(task_ids, 0, num_tasks - 1), axis=0)
+  return jnp.where(in_range[:, None, None], chosen, jnp.nan)
+
+
+class MultiTaskSoftPrompt(hooks_lib.MethodHooks):
+  """MultiTaskPrompt's hooks: per-example prompts [batch, P, H] from
+  `prompt/shared` and `prompt/tasks` (or the bank's constant table)."""
 
   @nn.compact
   def __call__(self, task_ids: jax.Array,
                embedding: Optional[jax.Array] = None) -> jax.Array:
     """task_ids: int [batch]; embedding: the token table [vocab, H]."""
     m = self.method
-    shared_shape, task_shape = m.part_shapes(self.features)
+    shared_shape, task_shape = m.part_shapes(self.config.emb_dim)
     shared = None
     if shared_shape is not None:
       shared = base.method_param(self, "shared", m.shared_initializer,
@@ -379,12 +395,7 @@ class MultiTaskSoftPrompt(nn.Module):
       tasks = base.method_param(
           self, "tasks", m.task_init(), (m.num_tasks,) + task_shape,
           TASK_AXES, embedding)
-    # NaN rows for ids out of range (see the module doc); jnp.take alone
-    # would wrap negative ids around.
-    in_range = (task_ids >= 0) & (task_ids < m.num_tasks)
-    chosen = jnp.take(tasks, jnp.clip(task_ids, 0, m.num_tasks - 1), axis=0)
-    chosen = jnp.where(in_range[:, None, None], chosen,
-                       jnp.nan)  # [batch, P_task, H_task]
+    chosen = choose_task_rows(tasks, task_ids)  # [batch, P_task, H_task]
     if shared is None:
       return chosen
     if m.mode == "add":
@@ -393,69 +404,31 @@ class MultiTaskSoftPrompt(nn.Module):
     axis = 1 if m.mode == "concat_length" else 2
     return jnp.concatenate([shared, chosen], axis=axis)
 
-
-class _MultiTaskHooks:
-  """The `soft_prompt` hook of PromptEncoderDecoder / PromptDecoderOnly,
-  per example: reads the task, returns a [batch, P, H] prompt."""
-
-  @property
-  def extra_features(self) -> tuple[str, ...]:
-    """Batch features the model wrappers pass to every call."""
-    return () if self.method.task_token_offset is not None else (TASK_IDS,)
-
-  def _embedding_table(self) -> jax.Array:
-    raise NotImplementedError
-
   def _task_ids(self, tokens: jax.Array, features: Mapping[str, jax.Array]
                 ) -> tuple[jax.Array, jax.Array]:
     """(input tokens without any task token, int32 task ids [batch])."""
     m = self.method
     batch = tokens.shape[0]
-    if m.task_token_offset is not None:
-      first, tokens = tokens[:, 0], tokens[:, 1:]
-      # Padding rows (no tokens at all) get task 0 rather than an error.
-      task_ids = jnp.where(first == 0, 0, m.task_token_offset - first)
-      if self.is_initializing():
-        task_ids = jnp.zeros((batch,), jnp.int32)
-    elif TASK_IDS in features:
-      task_ids = jnp.asarray(features[TASK_IDS])
-      if task_ids.shape not in ((batch,), (batch, 1)):
-        raise ValueError(f"task_ids must be int [batch] = [{batch}]; got "
-                         f"shape {task_ids.shape}.")
-      task_ids = task_ids.reshape(batch)
-    elif self.is_initializing():
-      # `module.init` runs without batch features; any task builds params.
+    if m.task_token_offset is None:
+      return tokens, task_ids_feature(
+          self, batch, features,
+          f"MultiTaskPrompt(num_tasks={m.num_tasks}) picks each example's "
+          "prompt by the int feature 'task_ids' [batch]; add it to the batch "
+          "(e.g. the task's index from a seqio preprocessor), or, for "
+          "encoder-decoder models, set task_token_offset to read the task "
+          "from a leading input token.")
+    first, tokens = tokens[:, 0], tokens[:, 1:]
+    # Padding rows (no tokens at all) get task 0 rather than an error.
+    task_ids = jnp.where(first == 0, 0, m.task_token_offset - first)
+    if self.is_initializing():
       task_ids = jnp.zeros((batch,), jnp.int32)
-    else:
-      raise KeyError(
-          f"batch lacks task_ids: MultiTaskPrompt(num_tasks={m.num_tasks}) "
-          "picks each example's prompt by the int feature 'task_ids' "
-          "[batch]; add it to the batch (e.g. the task's index from a seqio "
-          "preprocessor), or, for encoder-decoder models, set "
-          "task_token_offset to read the task from a leading input token.")
-    if not jnp.issubdtype(task_ids.dtype, jnp.integer):
-      raise ValueError(f"task_ids must be integers; got {task_ids.dtype}.")
     return tokens, task_ids.astype(jnp.int32)
 
-  def soft_prompt(self, tokens: jax.Array, features: Mapping[str, jax.Array]
-                  ) -> tuple[jax.Array, jax.Array]:
+  def input_prompt(self, tokens, features, embedding):
     tokens, task_ids = self._task_ids(tokens, features)
-    return tokens, self.prompt(task_ids, self._embedding_table())
+    return hooks_lib.InputPrompt(tokens, self(task_ids, embedding),
+                                 self.method.layout)
 
-  def init_method_params(self) -> None:
+  def init_params(self, embedding: jax.Array) -> None:
     # Called by load_pretrained without a batch: task 0 builds every param.
-    self.prompt(jnp.zeros((1,), jnp.int32), self._embedding_table())
-
-
-class MultiTaskEncoderDecoder(_MultiTaskHooks, PromptEncoderDecoder):
-  """EncoderDecoder whose encoder input carries each example's task prompt."""
-
-  def _embedding_table(self) -> jax.Array:
-    return self.token_embedder.embedding
-
-
-class MultiTaskDecoderOnly(_MultiTaskHooks, PromptDecoderOnly):
-  """DecoderOnly whose input carries each example's task prompt."""
-
-  def _embedding_table(self) -> jax.Array:
-    return self.decoder.token_embedder.embedding
+    self(jnp.zeros((1,), jnp.int32), embedding)

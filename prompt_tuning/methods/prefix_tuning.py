@@ -32,15 +32,17 @@ import flax.linen as nn
 import gin
 import jax
 import jax.numpy as jnp
+import numpy as np
 
+from prompt_tuning.checkpoints import export
 from prompt_tuning.methods import base
 from prompt_tuning.methods import initializers
+from prompt_tuning.models import hooks as hooks_lib
 from prompt_tuning.models import layers
-from prompt_tuning.models import transformer
 from prompt_tuning.models.configs import TransformerConfig
 from prompt_tuning.models.kv_prefix import KvPrefix
 
-KINDS = ("encoder_self", "decoder_self", "cross")
+KINDS = export.PREFIX_KINDS
 TABLE_AXES = ("layers", "kv_pair", "prompt", "prompt_heads", "kv")
 REPARAMETERIZATIONS = ("none", "mlp", "scaled")
 
@@ -112,6 +114,8 @@ class PrefixTuning(base.Method):
   initializer: initializers.Initializer = initializers.normal(0.02)
   trainable: Optional[Sequence[str]] = None
   default_trainable = (r"prefix/.*",)
+  param_scope = "prefix"
+  export_formats = ("npy", "peft")
 
   def __post_init__(self):
     if self.length < 1:
@@ -155,30 +159,73 @@ class PrefixTuning(base.Method):
         dropout_rate=self.dropout_rate, initializer=self.initializer,
         name=kind)
 
-  def networks(self) -> Mapping[str, type[nn.Module]]:
-    return {"encoder_decoder": PrefixEncoderDecoder, "decoder_only": PrefixDecoderOnly}
+  def hooks(self, config: TransformerConfig) -> "Prefixes":
+    return Prefixes(config, self)
+
+  def export_arrays(self, params, model) -> dict[str, np.ndarray]:
+    """One folded [layers, 2, P, heads, head_dim] table per kind."""
+    return {export.prefix_file(kind): table
+            for kind, table in self._tables(params, model).items()}
+
+  def _tables(self, params, model) -> dict[str, np.ndarray]:
+    if self.reparameterization != "none":
+      _, folded = fold(model, {"params": params})
+      params = folded["params"]
+    return export.prefix_params(params)
+
+  def peft_adapter(self, params, model):
+    """PEFT's PREFIX_TUNING: decoder self-attention prefixes only."""
+    config = model.config
+    kinds = self.kinds_for(config)
+    if kinds != ("decoder_self",):
+      raise ValueError(
+          f"prefix kinds {kinds}: PEFT's prefix tuning reaches decoder "
+          "self-attention only (T5's encoder and cross-attention get no "
+          "prefix), so only PrefixTuning(kinds=('decoder_self',)) can be "
+          "exported to PEFT; use format='npy'.")
+    if self.positions != "shift":
+      raise ValueError(
+          f"positions={self.positions!r}: PEFT always counts the prefix as "
+          "the first P positions (positions='shift'); use format='npy'.")
+    table = self._tables(params, model)["decoder_self"]
+    layers_, _, length, heads, head_dim = table.shape
+    if config.architecture == "encoder_decoder":
+      table = _t5_peft_layer_order(table)
+    # Row p = [layer 0 key | layer 0 value | layer 1 key | ...], each chunk
+    # split head-major: PEFT views it as [P, 2 * layers, heads, head_dim].
+    flat = table.transpose(2, 0, 1, 3, 4).reshape(length, -1)
+    adapter = {
+        "peft_type": "PREFIX_TUNING",
+        # PEFT sizes and splits the table by token_dim; heads * head_dim is
+        # what the attention needs (d_model, except in T5-11B).
+        "token_dim": heads * head_dim,
+        # Explicit, so a T5 whose decoder depth differs from its encoder's
+        # (PEFT's default reads num_layers, the encoder's) still lines up.
+        "num_layers": layers_,
+        # T5 needs 2: PEFT then builds the encoder-decoder cache (1
+        # crashes).
+        "num_transformer_submodules": (
+            2 if config.architecture == "encoder_decoder" else 1),
+        "prefix_projection": False,
+        "encoder_hidden_size": heads * head_dim,
+    }
+    return adapter, {"prompt_embeddings": flat}
 
 
-class Prefixes(nn.Module):
-  """All prefix tables of a model, under `prefix/<kind>/...`."""
-
-  method: Any
-  config: TransformerConfig
+class Prefixes(hooks_lib.MethodHooks):
+  """PrefixTuning's hooks: every prefix table of the model, under
+  `prefix/<kind>/...`."""
 
   @nn.compact
   def __call__(self, deterministic: bool = True) -> dict[str, jax.Array]:
     return {kind: self.method.table(self.config, kind)(deterministic)
             for kind in self.method.kinds_for(self.config)}
 
-
-class _PrefixHooks(transformer.MethodHooks):
-  """kv_prefix / position_offset from the `prefix` submodule."""
-
   def kv_prefix(self, kind: str, batch: int,
                 features: Mapping[str, jax.Array],
                 deterministic: bool = True) -> Optional[KvPrefix]:
     del batch, features
-    tables = self.prefix(deterministic)
+    tables = self(deterministic)
     if kind not in tables:
       return None
     table = tables[kind]
@@ -194,24 +241,39 @@ class _PrefixHooks(transformer.MethodHooks):
       return self.method.length
     return 0
 
-  def init_method_params(self) -> None:
-    self.prefix()
+  def init_params(self, embedding: jax.Array) -> None:
+    del embedding
+    self()
 
 
-class PrefixEncoderDecoder(_PrefixHooks, transformer.EncoderDecoder):
-  method: Any = None
+def _t5_peft_layer_order(table: np.ndarray) -> np.ndarray:
+  """Our per-layer [layers, 2, P, h, d] table in PEFT's T5 slot order.
 
-  def setup(self):
-    super().setup()
-    self.prefix = Prefixes(self.method, self.config)
-
-
-class PrefixDecoderOnly(_PrefixHooks, transformer.DecoderOnly):
-  method: Any = None
-
-  def setup(self):
-    super().setup()
-    self.prefix = Prefixes(self.method, self.config)
+  PEFT (checked on 0.21) duplicates the table for the cross-attention half
+  it later discards and splits it in fours, so T5 decoder layer i reads
+  key/value slot 2i mod layers, not i. With an odd depth that is a
+  permutation; with an even one layers i and i + layers/2 share a slot (and
+  half the slots are never read), so only tables tied that way export.
+  """
+  layers_ = table.shape[0]
+  slots = np.zeros_like(table)
+  owner: dict[int, int] = {}
+  for i in range(layers_):
+    slot = (2 * i) % layers_
+    if slot in owner:
+      j = owner[slot]
+      if not np.array_equal(table[i], table[j]):
+        raise ValueError(
+            f"decoder layers {j} and {i} have different prefixes, but PEFT's "
+            f"T5 prefix tuning gives both the same slot ({slot}) of its "
+            f"table: with an even number of decoder layers ({layers_}), "
+            f"layer i always shares layer i + {layers_ // 2}'s prefix there. "
+            "This prefix cannot be expressed as a PEFT adapter; use "
+            "format='npy' (or a model with an odd number of decoder layers).")
+    else:
+      owner[slot] = i
+      slots[slot] = table[i]
+  return slots
 
 
 def fold(model, variables: Mapping[str, Any]):
@@ -225,7 +287,7 @@ def fold(model, variables: Mapping[str, Any]):
   if not isinstance(method, PrefixTuning):
     raise TypeError(f"fold applies to PrefixTuning models, not {method!r}.")
   tables = model.module.apply({"params": variables["params"]},
-                              method=lambda m: m.prefix(True))
+                              method=lambda m: m.hooks(True))
   folded = dataclasses.replace(method, reparameterization="none")
   params = {k: v for k, v in variables["params"].items() if k != "prefix"}
   params["prefix"] = {kind: {"kv": table} for kind, table in tables.items()}

@@ -32,10 +32,13 @@ import jax
 import jax.numpy as jnp
 
 from prompt_tuning.models import attention as attention_lib
+from prompt_tuning.models import combine as combine_lib
+from prompt_tuning.models import hooks as hooks_lib
 from prompt_tuning.models import layers
 from prompt_tuning.models import masks
 from prompt_tuning.models.attention import KeyValue
 from prompt_tuning.models.configs import TransformerConfig
+from prompt_tuning.models.hooks import MethodHooks
 from prompt_tuning.models.kv_prefix import KvPrefix
 from prompt_tuning.models.kv_prefix import stack_key_values
 
@@ -369,49 +372,58 @@ class Decoder(nn.Module):
       return logits, stack_key_values(new_kvs)
     return logits
 
-class MethodHooks:
-  """Where parameter-efficient methods plug into the two networks.
+def _attach_hooks(network: nn.Module) -> None:
+  """Creates the network's hooks child (inside `setup`), named by the
+  method's parameter scope so its parameters keep their names."""
+  method = network.method
+  hooks_module = (MethodHooks(network.config) if method is None
+                  else method.hooks(network.config))
+  setattr(network, hooks_lib.param_scope(method), hooks_module)
 
-  The defaults give the plain frozen model; `prompt_tuning.methods` modules
-  subclass a network and override only the hooks they need. `features` are
-  extra batch features a method reads (e.g. `task_ids`).
-  """
 
-  def kv_prefix(self, kind: str, batch: int,
-                features: Mapping[str, jax.Array],
-                deterministic: bool = True) -> Optional[KvPrefix]:
-    """Keys/values before one attention kind's keys: 'encoder_self',
-    'decoder_self' or 'cross'."""
-    del kind, batch, features, deterministic
-    return None
+class _Network(nn.Module):
+  """What both networks share: the method's hooks and the packing check."""
 
-  def position_offset(self, kind: str) -> int:
-    """How many positions a prefix holds before the inputs of `kind`."""
-    del kind
-    return 0
+  config: TransformerConfig
+  # The frozen-dataclass method whose hooks module this network carries
+  # (None: the plain pretrained model).
+  method: Any = None
+
+  @property
+  def hooks(self) -> MethodHooks:
+    return getattr(self, hooks_lib.param_scope(self.method))
+
+  @property
+  def extra_features(self) -> tuple[str, ...]:
+    """Batch features besides T5X's that the method reads (the model
+    wrappers pass exactly these through)."""
+    return () if self.method is None else self.method.extra_features
+
+  def _token_table(self) -> jax.Array:
+    raise NotImplementedError
 
   def init_method_params(self) -> None:
-    """Creates the method's own parameters (none here); `load_pretrained`
-    calls it with the frozen base loaded, so initializers can read it."""
+    """Creates the method's parameters; `load_pretrained` calls it with the
+    frozen base loaded, so initializers can read the token table."""
+    self.hooks.init_params(self._token_table())
 
   def check_packing(self, features: Mapping[str, Any]) -> None:
     """Raises when the attached method cannot take packed rows.
 
     `features` holds a call's features (None = absent); any of
-    `PACKING_FEATURES` among them marks packed rows. The plain networks take
-    them; method networks carry their `method`, whose `check_packing` raises
-    that method's one error (e.g. a soft prompt is one per row).
+    `PACKING_FEATURES` among them marks packed rows, and the method's
+    `check_packing` raises its one error (e.g. a soft prompt is one per row).
     """
     given = [k for k in PACKING_FEATURES if features.get(k) is not None]
-    method = getattr(self, "method", None)
-    if given and method is not None:
-      method.check_packing(f"the batch has {', '.join(given)}")
+    if given and self.method is not None:
+      self.method.check_packing(f"the batch has {', '.join(given)}")
 
 
-class EncoderDecoder(nn.Module, MethodHooks):
+class EncoderDecoder(_Network):
   """T5-style encoder-decoder (T5X `Transformer` names and methods)."""
 
-  config: TransformerConfig
+  # Decoding starts from this id (T5's BOS, 0).
+  decoder_start_token_id = 0
 
   def setup(self):
     cfg = self.config
@@ -420,23 +432,38 @@ class EncoderDecoder(nn.Module, MethodHooks):
     self.encoder = Encoder(cfg)
     self.decoder = Decoder(cfg, has_cross_attention=True,
                            shared_embedding=self.token_embedder)
+    _attach_hooks(self)
+
+  def _token_table(self) -> jax.Array:
+    return self.token_embedder.embedding
+
+  def _input_layout(self, encoder_input_tokens: jax.Array,
+                    features: Mapping[str, jax.Array]):
+    """(tokens, prompt or None, Layout or None) of the encoder input."""
+    joined = self.hooks.input_prompt(encoder_input_tokens, features,
+                                     self._token_table())
+    if joined is None:
+      return encoder_input_tokens, None, None
+    return joined.tokens, joined.prompt, joined.layout(joined.tokens)
 
   def embed_inputs(self, encoder_input_tokens: jax.Array,
                    features: Mapping[str, jax.Array]
                    ) -> tuple[jax.Array, jax.Array]:
-    """Encoder input embeddings [batch, L', embed] and validity [batch, L'].
-
-    A hook: soft-prompt methods return the prompt joined to the inputs.
-    """
-    del features
-    return (self.token_embedder(encoder_input_tokens),
-            encoder_input_tokens > 0)
+    """Encoder input embeddings [batch, L', embed] and validity [batch, L']
+    (L' = L + P with a soft prompt joined by the method's layout)."""
+    tokens, prompt, layout = self._input_layout(encoder_input_tokens,
+                                                features)
+    embedded = self.token_embedder(tokens)
+    if prompt is None:
+      return embedded, tokens > 0
+    return combine_lib.combine(prompt, embedded, layout), layout.valid
 
   def encoded_valid(self, encoder_input_tokens: jax.Array,
                     features: Mapping[str, jax.Array]) -> jax.Array:
     """Which encoder outputs cross-attention may see: [batch, L']."""
-    del features
-    return encoder_input_tokens > 0
+    tokens, prompt, layout = self._input_layout(encoder_input_tokens,
+                                                features)
+    return tokens > 0 if prompt is None else layout.valid
 
   def encode(self, encoder_input_tokens: jax.Array, *,
              encoder_segment_ids: Optional[jax.Array] = None,
@@ -450,23 +477,30 @@ class EncoderDecoder(nn.Module, MethodHooks):
     """
     self.check_packing(dict(features, encoder_segment_ids=encoder_segment_ids,
                             encoder_positions=encoder_positions))
+    hooks = self.hooks
     embedded, valid = self.embed_inputs(encoder_input_tokens, features)
     batch, length = valid.shape
     positions = (_shared_positions(length) if encoder_positions is None
                  else encoder_positions)
     return self.encoder(
         embedded,
-        positions=positions + self.position_offset("encoder_self"),
+        positions=positions + hooks.position_offset("encoder_self"),
         mask=masks.attention_mask(valid, valid, encoder_segment_ids,
                                   encoder_segment_ids),
-        prefix=self.kv_prefix("encoder_self", batch, features,
-                              not enable_dropout),
+        prefix=hooks.kv_prefix("encoder_self", batch, features,
+                               not enable_dropout),
         deterministic=not enable_dropout)
 
   def cross_key_values(self, encoded: jax.Array) -> tuple[KeyValue, ...]:
     """The decoder's cross-attention keys/values of `encoded`, per layer;
     `decode` accepts them in place of `encoded`."""
     return self.decoder.cross_key_values(encoded)
+
+  def decoding_memory(self, encoded: jax.Array) -> tuple[KeyValue, ...]:
+    """What every cached decoding step reads in place of `encoded`, computed
+    once per call: the cross-attention keys/values (HF's cross-attention
+    cache; T5X projects them again at every step)."""
+    return self.cross_key_values(encoded)
 
   def decode(self, encoded: Union[jax.Array, tuple[KeyValue, ...]],
              encoder_input_tokens: jax.Array,
@@ -485,6 +519,7 @@ class EncoderDecoder(nn.Module, MethodHooks):
     self.check_packing(dict(features, decoder_positions=decoder_positions,
                             decoder_segment_ids=decoder_segment_ids,
                             encoder_segment_ids=encoder_segment_ids))
+    hooks = self.hooks
     batch, q = decoder_input_tokens.shape
     cross_mask = masks.attention_mask(
         jnp.ones((batch, q), bool),
@@ -495,11 +530,11 @@ class EncoderDecoder(nn.Module, MethodHooks):
         self_mask=masks.decoder_self_mask(batch, q,
                                           segment_ids=decoder_segment_ids),
         encoded=encoded, cross_mask=cross_mask, decode=decode,
-        self_prefix=self.kv_prefix("decoder_self", batch, features,
-                                   not enable_dropout),
-        cross_prefix=self.kv_prefix("cross", batch, features,
+        self_prefix=hooks.kv_prefix("decoder_self", batch, features,
                                     not enable_dropout),
-        position_offset=self.position_offset("decoder_self"),
+        cross_prefix=hooks.kv_prefix("cross", batch, features,
+                                     not enable_dropout),
+        position_offset=hooks.position_offset("decoder_self"),
         deterministic=not enable_dropout)
 
   def __call__(self, encoder_input_tokens: jax.Array,
@@ -515,13 +550,15 @@ class EncoderDecoder(nn.Module, MethodHooks):
                        **features)
 
 
-class DecoderOnly(nn.Module, MethodHooks):
+class DecoderOnly(_Network):
   """Decoder-only LM: T5X-style (relative bias, prefix LM) or GPT-2 family."""
-
-  config: TransformerConfig
 
   def setup(self):
     self.decoder = Decoder(self.config, has_cross_attention=False)
+    _attach_hooks(self)
+
+  def _token_table(self) -> jax.Array:
+    return self.decoder.token_embedder.embedding
 
   def __call__(self, decoder_input_tokens: jax.Array,
                decoder_target_tokens: Optional[jax.Array] = None, *,
@@ -540,32 +577,89 @@ class DecoderOnly(nn.Module, MethodHooks):
     Packed rows add decoder_positions and decoder_segment_ids [batch, q]:
     attention is causal (and the prefix-LM region bidirectional) within each
     example only, and positions restart per example.
+
+    A soft prompt (the `input_prompt` hook) is placed by its layout and, when
+    decoding, written into the cache ahead of the inputs; its logits are
+    removed, so outputs line up with the inputs.
     """
     del decoder_target_tokens
     self.check_packing(dict(features, decoder_positions=decoder_positions,
                             decoder_segment_ids=decoder_segment_ids))
-    batch, q = decoder_input_tokens.shape
     region = decoder_causal_attention if self.config.prefix_lm else None
+    joined = self.hooks.input_prompt(decoder_input_tokens, features,
+                                     self._token_table())
+    if joined is None:
+      batch, q = decoder_input_tokens.shape
+      return self._run(
+          self.decoder.embed(decoder_input_tokens),
+          positions=decoder_positions,
+          self_mask=masks.decoder_self_mask(batch, q, region,
+                                            decoder_segment_ids),
+          decode=decode, cache_advance=cache_advance, logits_at=logits_at,
+          features=features, enable_dropout=enable_dropout)
+    # Only placement matters here (GPT-2's id 0 is a real token, so the
+    # layout's validity is not used): right padding keeps causal masks right.
+    layout = joined.layout(jnp.ones_like(joined.tokens))
+    prompt_length = layout.source.shape[1] - joined.tokens.shape[1]
+    if cache_advance is not None:
+      cache_advance = cache_advance + prompt_length
+    if logits_at is not None:
+      # The input position's place among prompt and inputs.
+      logits_at = jnp.take_along_axis(layout.input_position,
+                                      logits_at[:, None], axis=1)[:, 0]
+    logits = self._run(
+        combine_lib.combine(joined.prompt, self.decoder.embed(joined.tokens),
+                            layout),
+        positions=None, self_mask=prompted_self_mask(layout, region),
+        decode=decode, cache_advance=cache_advance, logits_at=logits_at,
+        features=features, enable_dropout=enable_dropout)
+    return logits if logits_at is not None else combine_lib.drop_prompt(
+        logits, layout)
+
+  def _run(self, embedded: jax.Array, *, positions: Optional[jax.Array],
+           self_mask: jax.Array, decode: bool,
+           cache_advance: Optional[jax.Array],
+           logits_at: Optional[jax.Array], features: Mapping[str, jax.Array],
+           enable_dropout: bool) -> jax.Array:
+    """The decoder stack over embedded inputs, with the method's prefix."""
+    hooks = self.hooks
     return self.decoder(
-        self.decoder.embed(decoder_input_tokens), positions=decoder_positions,
-        self_mask=masks.decoder_self_mask(batch, q, region,
-                                          decoder_segment_ids),
-        decode=decode,
+        embedded, positions=positions, self_mask=self_mask, decode=decode,
         cache_advance=cache_advance,
-        self_prefix=self.kv_prefix("decoder_self", batch, features,
-                                   not enable_dropout),
-        position_offset=self.position_offset("decoder_self"),
+        self_prefix=hooks.kv_prefix("decoder_self", embedded.shape[0],
+                                    features, not enable_dropout),
+        position_offset=hooks.position_offset("decoder_self"),
         logits_at=logits_at, deterministic=not enable_dropout)
 
   def decode_step(self, decoder_input_tokens: jax.Array,
                   **features) -> jax.Array:
-    """One cached decoding step after a prefill: [batch, 1] -> logits."""
-    return DecoderOnly.__call__(self, decoder_input_tokens, decode=True,
-                                **features)
+    """One cached decoding step after a prefill: [batch, 1] -> logits. The
+    prefill already wrote any soft prompt into the cache."""
+    batch = decoder_input_tokens.shape[0]
+    return self._run(
+        self.decoder.embed(decoder_input_tokens), positions=None,
+        self_mask=masks.decoder_self_mask(batch, 1), decode=True,
+        cache_advance=None, logits_at=None, features=features,
+        enable_dropout=False)
 
 
-def build_module(config: TransformerConfig) -> nn.Module:
-  """The network for a config."""
+def prompted_self_mask(layout: combine_lib.Layout,
+                       region: Optional[jax.Array]) -> jax.Array:
+  """Decoder-only self-attention mask over [prompt and tokens].
+
+  Causal over the combined sequence (the prompt comes before the tokens
+  it steers); with a prefix-LM input region [batch, L], the region grows to
+  cover the prompt rows, which then attend bidirectionally with the inputs.
+  Returns bool [batch, 1, P+L, P+L].
+  """
+  batch, length = layout.source.shape
+  if region is not None:
+    region = combine_lib.extend(region, layout, 1)
+  return masks.decoder_self_mask(batch, length, region)
+
+
+def build_module(config: TransformerConfig, method: Any = None) -> nn.Module:
+  """The network for a config, carrying `method`'s hooks (if any)."""
   if config.architecture == "encoder_decoder":
-    return EncoderDecoder(config)
-  return DecoderOnly(config)
+    return EncoderDecoder(config, method=method)
+  return DecoderOnly(config, method=method)

@@ -12,7 +12,7 @@ import prompt_tuning as pt
 from prompt_tuning import data
 from prompt_tuning import optimizers
 from prompt_tuning import partitioning
-from prompt_tuning import trainer
+from prompt_tuning import train_step
 from prompt_tuning.models import configs
 
 T5 = configs.t5_1_1("tiny", vocab_size=64, emb_dim=8, head_dim=4,
@@ -40,12 +40,12 @@ def prompt_model():
 def test_adafactor_prompt_training_lowers_the_loss(prompt_model):
   model, params = prompt_model
   optimizer = optimizers.adafactor()  # the paper's settings, lr 0.3
-  state, frozen = trainer.init_state(model, params, optimizer)
-  step = trainer.make_train_step(model, optimizer)
+  state, frozen = train_step.init_state(model, params, optimizer)
+  step = train_step.make_train_step(model, optimizer)
   losses = []
   for _ in range(8):
     state, metrics = step(state, frozen, BATCH, None)
-    trainer.check_finite(metrics, int(state.step))
+    train_step.check_finite(metrics, int(state.step))
     losses.append(float(metrics["loss"]))
   assert losses[-1] < losses[0]
   assert int(state.step) == 8
@@ -55,8 +55,8 @@ def test_adafactor_prompt_training_lowers_the_loss(prompt_model):
 def test_steps_compile_once_and_donate_the_state(prompt_model):
   model, params = prompt_model
   optimizer = optimizers.adafactor()
-  state, frozen = trainer.init_state(model, params, optimizer)
-  step = trainer.make_train_step(model, optimizer)
+  state, frozen = train_step.init_state(model, params, optimizer)
+  step = train_step.make_train_step(model, optimizer)
   for i in range(3):
     before = jax.tree.leaves(state.params)
     batch = {k: np.roll(v, i, axis=0) for k, v in BATCH.items()}
@@ -81,8 +81,8 @@ def test_a_step_on_a_mesh_constrains_activations_and_compiles_once():
           b.names, mesh, shape=b.value.shape)),
       boxed, is_leaf=lambda x: isinstance(x, nn.Partitioned))
   optimizer = optimizers.adafactor()
-  state, frozen = trainer.init_state(model, params, optimizer)
-  step = trainer.make_train_step(model, optimizer, mesh=mesh)
+  state, frozen = train_step.init_state(model, params, optimizer)
+  step = train_step.make_train_step(model, optimizer, mesh=mesh)
   batch = data.to_global(BATCH, mesh)
   # The models' logical-axis constraints reach the program.
   assert "sharding_constraint" in step.lower(state, frozen, batch,
@@ -94,7 +94,7 @@ def test_a_step_on_a_mesh_constrains_activations_and_compiles_once():
 
 def test_optimizer_state_covers_only_trainable_params(prompt_model):
   model, params = prompt_model
-  state, frozen = trainer.init_state(model, params, optimizers.adam())
+  state, frozen = train_step.init_state(model, params, optimizers.adam())
   assert "prompt" not in frozen and "encoder" in frozen
   trainable_bytes = sum(x.nbytes for x in jax.tree.leaves(state.params))
   moments = [x for x in jax.tree.leaves(state.opt_state) if x.ndim > 0]
@@ -107,8 +107,8 @@ def test_microbatches_add_up_to_the_full_batch(prompt_model):
   optimizer = optax.sgd(0.1)
   results = []
   for k in (1, 2):
-    state, frozen = trainer.init_state(model, params, optimizer)
-    state, metrics = trainer.make_train_step(model, optimizer, k)(
+    state, frozen = train_step.init_state(model, params, optimizer)
+    state, metrics = train_step.make_train_step(model, optimizer, k)(
         state, frozen, BATCH, None)
     results.append((state.params, metrics))
   np.testing.assert_allclose(results[0][1]["loss"], results[1][1]["loss"],
@@ -116,23 +116,23 @@ def test_microbatches_add_up_to_the_full_batch(prompt_model):
   np.testing.assert_allclose(results[0][0]["prompt"]["prompt"],
                              results[1][0]["prompt"]["prompt"], atol=1e-6)
   with pytest.raises(ValueError, match="not divisible"):
-    state, frozen = trainer.init_state(model, params, optimizer)
-    trainer.make_train_step(model, optimizer, 3)(state, frozen, BATCH, None)
+    state, frozen = train_step.init_state(model, params, optimizer)
+    train_step.make_train_step(model, optimizer, 3)(state, frozen, BATCH, None)
 
 
 def test_non_finite_step_keeps_the_state_and_fails_clearly(prompt_model):
   model, params = prompt_model
   optimizer = optax.sgd(0.1)
-  state, frozen = trainer.init_state(model, params, optimizer)
+  state, frozen = train_step.init_state(model, params, optimizer)
   before = np.asarray(state.params["prompt"]["prompt"]).copy()
   broken = jax.tree.map(lambda x: x, frozen)
   broken["encoder"]["encoder_norm"]["scale"] = jnp.full((8,), jnp.nan)
-  state, metrics = trainer.make_train_step(model, optimizer)(
+  state, metrics = train_step.make_train_step(model, optimizer)(
       state, broken, BATCH, None)
   np.testing.assert_array_equal(state.params["prompt"]["prompt"], before)
   assert int(state.step) == 0
   with pytest.raises(FloatingPointError, match="step 0: the loss is nan"):
-    trainer.check_finite(metrics, int(state.step))
+    train_step.check_finite(metrics, int(state.step))
 
 
 def test_rsqrt_schedule_warms_up_then_decays():

@@ -22,7 +22,7 @@ from jax.sharding import Mesh
 
 from prompt_tuning import model_wrappers
 from prompt_tuning import partitioning
-from prompt_tuning import trainable
+from prompt_tuning import param_split
 
 Params = Any
 Batch = Mapping[str, jax.Array]
@@ -45,7 +45,7 @@ def init_state(model: model_wrappers.BaseModel, params: Params,
   The state gets its own copy of the trainable arrays: the step donates its
   state, and the caller's params must stay usable.
   """
-  train, frozen = trainable.split(params, model.trainable_patterns)
+  train, frozen = param_split.split(params, model.trainable_patterns)
   state = TrainState(jnp.zeros((), jnp.int32), train, optimizer.init(train))
   if isinstance(jax.tree.leaves(train)[0], jax.core.Tracer):
     return state, frozen  # under jit / eval_shape: nothing is placed yet
@@ -100,7 +100,7 @@ def make_train_step(model: model_wrappers.BaseModel,
 
   def loss_and_grads(train, frozen, batch, rng):
     def loss(t):
-      value, metrics = model.loss_fn(trainable.merge(t, frozen), batch, rng)
+      value, metrics = model.loss_fn(param_split.merge(t, frozen), batch, rng)
       return value, metrics
     return jax.value_and_grad(loss, has_aux=True)(train)
 
