@@ -41,6 +41,10 @@ INSTALL_REQUIRES = [
     "numpy>=2.0,<3",  # jax 0.10 needs numpy>=2.0.
     "sentencepiece>=0.2.0,<0.3",  # seqio 0.0.20 needs >=0.2.
     "ml-dtypes>=0.5.0,<0.7",  # jax 0.10 needs >=0.5.0.
+    # The serve binary's HTTP stack.
+    "fastapi>=0.110,<1",
+    "uvicorn>=0.29,<1",
+    "prometheus-client>=0.20,<1",
 ]
 
 TEST_REQUIRES = [
@@ -86,6 +90,7 @@ setuptools.setup(
             "prompt_tuning.train = prompt_tuning.cli:train",
             "prompt_tuning.eval = prompt_tuning.cli:eval",
             "prompt_tuning.infer = prompt_tuning.cli:infer",
+            "prompt_tuning.serve = prompt_tuning.cli:serve",
         ],
     },
 )

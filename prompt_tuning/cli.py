@@ -29,5 +29,9 @@ def infer() -> None:
   _run("infer")
 
 
+def serve() -> None:
+  _run("serve")
+
+
 def random_checkpoint() -> None:
   _run("random_checkpoint")
