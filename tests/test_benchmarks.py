@@ -132,3 +132,14 @@ def test_pretrain_throughput_times_the_loops_own_step(tmp_path):
   parts = {r["part"]: r["ms_per_step"] for r in profile["rows"]}
   assert all(v >= 0 for v in parts.values())
   assert parts["total (profiled wall)"] > 0
+
+
+def test_serve_load_batches_across_tasks_only_when_mixing():
+  results = _script("serve_load").main(["--small"])
+  assert list(results) == ["(a) mixed", "(b) one task", "(c) per task"]
+  # Every server answered every request, warmed programs compiled nothing
+  # more, and per-task batching never put two tasks in one batch, so with 8
+  # tasks its batches are smaller than mixed batching's.
+  for row in results.values():
+    assert row["requests_s"] > 0 and row["compiles"] == 0
+  assert results["(c) per task"]["batch"] < results["(a) mixed"]["batch"]

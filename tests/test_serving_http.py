@@ -9,11 +9,9 @@ one), which tests/test_serving_engine.py proves equal to `predict_batch` /
 from __future__ import annotations
 
 import concurrent.futures
-import http.client
 import io
 import json
 import socket
-import threading
 import time
 import types
 
@@ -22,7 +20,6 @@ import flax.linen as nn
 import jax
 import numpy as np
 import pytest
-import uvicorn
 
 import prompt_tuning as pt
 from prompt_tuning.checkpoints import shipped
@@ -59,44 +56,6 @@ def _params(model):
   return flax.traverse_util.unflatten_dict(flat, sep="/")
 
 
-class _Running:
-  """A Server's app under uvicorn on a free loopback port, in a thread."""
-
-  def __init__(self, server: app_lib.Server):
-    self.server = server
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    self.port = sock.getsockname()[1]
-    self._uvicorn = uvicorn.Server(uvicorn.Config(
-        server.app, log_level="warning", lifespan="on"))
-    self._thread = threading.Thread(
-        target=self._uvicorn.run, kwargs={"sockets": [sock]}, daemon=True)
-    self._thread.start()
-    deadline = time.monotonic() + 30
-    while not self._uvicorn.started:
-      assert time.monotonic() < deadline, "the server did not start"
-      time.sleep(0.02)
-
-  def stop(self):
-    self._uvicorn.should_exit = True
-    self._thread.join(30)
-
-  def request(self, method: str, path: str, body=None, *,
-              content_type="application/json"):
-    """(status, parsed JSON or text)."""
-    conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=60)
-    if body is not None and not isinstance(body, bytes):
-      body = json.dumps(body).encode()
-    headers = {"Content-Type": content_type} if body is not None else {}
-    conn.request(method, path, body=body, headers=headers)
-    response = conn.getresponse()
-    raw = response.read()
-    conn.close()
-    kind = response.getheader("Content-Type", "")
-    return response.status, (json.loads(raw) if "json" in kind
-                             else raw.decode())
-
-
 @pytest.fixture(scope="module")
 def engine():
   method = pt.MultiTaskPrompt(num_tasks=CAPACITY, mode="task_only", length=P)
@@ -108,7 +67,7 @@ def engine():
 
 @pytest.fixture(scope="module")
 def served(engine):
-  running = _Running(app_lib.Server(engine, max_batch_size=8,
+  running = app_lib.BackgroundServer(app_lib.Server(engine, max_batch_size=8,
                                     max_wait_ms=30, max_request_inputs=8))
   yield running
   running.stop()
@@ -285,7 +244,7 @@ def test_a_client_going_away_mid_request_harms_no_one(served):
 
 def test_a_task_deleted_while_its_requests_wait_fails_them_cleanly(engine):
   # A long batching wait keeps the request queued while the task goes.
-  running = _Running(app_lib.Server(engine, max_batch_size=8,
+  running = app_lib.BackgroundServer(app_lib.Server(engine, max_batch_size=8,
                                     max_wait_ms=1500))
   try:
     buffer = io.BytesIO()
@@ -349,8 +308,9 @@ def test_the_serve_binary_serves_a_shipped_base_and_drains_on_sigterm(
        "--gin.serve.batch_buckets=(1, 2)"],
       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
   try:
-    client = types.SimpleNamespace(port=port)
-    request = lambda *a, **k: _Running.request(client, *a, **k)
+    client = types.SimpleNamespace(host="127.0.0.1", port=port)
+    request = lambda *a, **k: app_lib.BackgroundServer.request(
+        client, *a, **k)
     deadline = time.monotonic() + 240
     while True:
       assert process.poll() is None, process.communicate()

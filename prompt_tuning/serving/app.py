@@ -101,12 +101,19 @@ class Server:
   """The app and what it serves: one engine, one batcher, its metrics."""
 
   def __init__(self, engine: engine_lib.Engine, *, max_batch_size: int = 32,
-               max_wait_ms: float = 5.0, max_request_inputs: int = 64):
+               max_wait_ms: float = 5.0, max_request_inputs: int = 64,
+               one_task_per_batch: bool = False):
+    """`one_task_per_batch` batches each task apart, as serving with PEFT's
+    `set_adapter` must (one adapter active per forward pass); it exists to
+    measure what mixed batching saves (benchmarks/serve_load.py)."""
     self.engine = engine
     self.max_request_inputs = max_request_inputs
     self.metrics = ServerMetrics(compiles=lambda: engine.compiles,
                                  queued=lambda: self.batcher.queued)
-    self.batcher = Batcher(self._run, lambda kind, r: engine.group_key(r),
+    group_key = ((lambda kind, r: (engine.group_key(r), r.task))
+                 if one_task_per_batch
+                 else (lambda kind, r: engine.group_key(r)))
+    self.batcher = Batcher(self._run, group_key,
                            max_batch_size=max_batch_size,
                            max_wait_s=max_wait_ms / 1000,
                            on_batch=self._observe)
@@ -342,3 +349,60 @@ class Server:
 def _finite(x: float) -> Optional[float]:
   """JSON has no NaN/inf: they become null."""
   return float(x) if math.isfinite(x) else None
+
+
+class BackgroundServer:
+  """A `Server` under uvicorn on a free loopback port, in a daemon thread
+  (tests, benchmarks, notebooks); `request` is a minimal JSON client."""
+
+  def __init__(self, server: Server, host: str = "127.0.0.1"):
+    # Imported here: only this helper runs uvicorn in-process.
+    import socket  # pylint: disable=g-import-not-at-top
+    import threading  # pylint: disable=g-import-not-at-top
+    import time  # pylint: disable=g-import-not-at-top
+    import uvicorn  # pylint: disable=g-import-not-at-top
+    self.server, self.host = server, host
+    sock = socket.socket()
+    sock.bind((host, 0))
+    self.port = sock.getsockname()[1]
+    self._uvicorn = uvicorn.Server(uvicorn.Config(
+        server.app, log_level="warning", lifespan="on"))
+    self._thread = threading.Thread(
+        target=self._uvicorn.run, kwargs={"sockets": [sock]}, daemon=True)
+    self._thread.start()
+    deadline = time.monotonic() + 60
+    while not self._uvicorn.started:
+      if time.monotonic() > deadline or not self._thread.is_alive():
+        raise RuntimeError("the background server did not start.")
+      time.sleep(0.02)
+
+  def stop(self) -> None:
+    """Finishes queued requests, then stops."""
+    self._uvicorn.should_exit = True
+    self._thread.join(60)
+
+  def __enter__(self) -> "BackgroundServer":
+    return self
+
+  def __exit__(self, *exc) -> None:
+    self.stop()
+
+  def request(self, method: str, path: str, body: Any = None, *,
+              content_type: str = "application/json",
+              timeout: float = 120) -> tuple[int, Any]:
+    """(status, the parsed JSON answer, or its text)."""
+    import http.client  # pylint: disable=g-import-not-at-top
+    import json  # pylint: disable=g-import-not-at-top
+    conn = http.client.HTTPConnection(self.host, self.port, timeout=timeout)
+    try:
+      if body is not None and not isinstance(body, bytes):
+        body = json.dumps(body).encode()
+      headers = {"Content-Type": content_type} if body is not None else {}
+      conn.request(method, path, body=body, headers=headers)
+      response = conn.getresponse()
+      raw = response.read()
+    finally:
+      conn.close()
+    if "json" in response.getheader("Content-Type", ""):
+      return response.status, json.loads(raw)
+    return response.status, raw.decode()
