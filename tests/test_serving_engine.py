@@ -18,6 +18,7 @@ from safetensors import numpy as safetensors_numpy
 
 import prompt_tuning as pt
 from prompt_tuning import run_checkpoints
+from prompt_tuning.checkpoints import orbax_params
 from prompt_tuning.models import configs
 from prompt_tuning.serving import bank as bank_lib
 from prompt_tuning.serving import engine as engine_lib
@@ -27,7 +28,9 @@ from prompt_tuning.serving.engine import RequestError
 from prompt_tuning.serving.engine import ScoreRequest
 
 VOCAB, H, P, CAPACITY = 64, 8, 2, 4
-EOS = 1
+# EOS ids the tiny models below produce mid-sequence for some requests, so
+# rows of one batch stop at EOS, at their budget, or run on.
+EOS = {"gpt2": 3, "t5": 19}
 CONFIGS = {
     "t5": configs.t5_1_1("tiny", vocab_size=VOCAB, emb_dim=H, head_dim=4,
                          relative_attention_num_buckets=8,
@@ -36,8 +39,8 @@ CONFIGS = {
                          head_dim=4, mlp_dim=32, num_decoder_layers=2,
                          max_position_embeddings=32),
 }
-BUCKETS = dict(length_buckets=(4, 8), batch_buckets=(1, 2, 4, 8),
-               decode_buckets=(4, 8))
+BUCKETS = dict(length_buckets=(6, 12), batch_buckets=(1, 2, 4, 8),
+               decode_buckets=(6, 12))
 # Two (input length, max_decode_length) shapes, so each decoding mode's
 # alone runs compile twice; the batch mixes tasks, lengths and budgets.
 SHAPES = ((3, 2), (5, 4))
@@ -48,15 +51,26 @@ def _prompts(seed: int, names=("a", "b", "c")) -> dict[str, np.ndarray]:
   return {n: rng.normal(size=(P, H)).astype(np.float32) for n in names}
 
 
+def _model(arch: str, method=None):
+  method = method or pt.MultiTaskPrompt(num_tasks=CAPACITY, mode="task_only",
+                                        length=P)
+  return pt.build_model(CONFIGS[arch], method=method, eos_id=EOS[arch])
+
+
 def _base_params(model, arch: str):
-  params = nn.meta.unbox(model.get_initial_variables(
-      jax.random.PRNGKey(0), {"encoder_input_tokens": (1, 4),
-                              "decoder_input_tokens": (1, 4)})["params"])
-  params = jax.device_get(params)
+  """Random base params (no prompt) giving varied, well-separated tokens."""
+  shapes = {"encoder_input_tokens": (1, 4), "decoder_input_tokens": (1, 4)}
+  # One compiled init, not an op-by-op one (seconds on 2 cores).
+  variables = jax.jit(lambda rng: model.get_initial_variables(rng, shapes))(
+      jax.random.PRNGKey(0))
+  params = jax.device_get(nn.meta.unbox(variables["params"]))
+  params.pop("prompt", None)
   if arch == "gpt2":
-    # GPT-2's 0.02-scale positions would make every step predict alike;
-    # unit-scale ones give varied, well-separated tokens.
+    # GPT-2's 0.02-scale positions and small kernels make every step
+    # predict alike; unit-scale positions and 3x kernels do not.
     flat = flax.traverse_util.flatten_dict(params, sep="/")
+    flat = {k: v * 3.0 if k.endswith("kernel") else v
+            for k, v in flat.items()}
     name = "decoder/position_embedder/embedding"
     flat[name] = np.random.default_rng(1).normal(
         size=flat[name].shape).astype(np.float32)
@@ -68,8 +82,7 @@ def _base_params(model, arch: str):
 def served(request):
   """A tiny model with a bank of 3 tasks (1 row free) and its engine."""
   arch = request.param
-  method = pt.MultiTaskPrompt(num_tasks=CAPACITY, mode="task_only", length=P)
-  model = pt.build_model(CONFIGS[arch], method=method)
+  model = _model(arch)
   params = _base_params(model, arch)
   bank = bank_lib.PromptBank(CAPACITY, P, H, prompts=_prompts(0))
   engine = engine_lib.Engine(model, params, bank, **BUCKETS)
@@ -127,8 +140,9 @@ def _alone_generate(served, req: GenerateRequest):
   tokens, aux = served.model.predict_batch_with_aux(
       _full_params(served), batch, rng, decoder_params=options)
   tokens = np.asarray(tokens)[0, :req.max_decode_length].tolist()
-  if EOS in tokens:
-    tokens = tokens[:tokens.index(EOS) + 1]
+  eos = EOS[served.arch]
+  if eos in tokens:
+    tokens = tokens[:tokens.index(eos) + 1]
   return tokens, float(aux["scores"][0])
 
 
@@ -178,12 +192,29 @@ def test_greedy_mixed_batch_equals_each_request_alone(served):
   outputs = {tuple(r.output_ids) for r in results}
   assert len(outputs) > 1, "the tiny model should not answer alike"
   assert all(r.text is None and r.seed is None for r in results)
+  if served.arch != "gpt2":
+    return
+  # The same as serving that one prompt with PromptTuning, alone.
+  req = reqs[0]
+  single = _model(served.arch, pt.PromptTuning(prompt=served.bank.prompt(
+      req.task)))
+  batch = _alone_features(served.arch, 0, req.input_ids,
+                          decode=req.max_decode_length)
+  tokens, aux = single.predict_batch_with_aux(
+      served.params, batch, decoder_params={"temperature": 0.0})
+  assert results[0].output_ids == np.asarray(tokens)[0, :len(
+      results[0].output_ids)].tolist()
+  np.testing.assert_allclose(results[0].score, aux["scores"][0], atol=1e-5)
 
 
 def test_beam_mixed_batch_equals_each_request_alone(served):
   reqs = _requests(lambda i: Decoding.beam(3, 0.6))
   results = served.engine.generate(reqs)
   _check_equal_alone(served, reqs, results)
+  # (EOS ids were picked so that) a row finishes before its budget.
+  assert any(r.output_ids[-1] == EOS[served.arch]
+             and len(r.output_ids) < q.max_decode_length
+             for q, r in zip(reqs, results))
 
 
 def test_score_mixed_batch_equals_each_request_alone(served):
@@ -216,11 +247,12 @@ def test_sampling_is_independent_of_batch_composition(served):
   # No seed: one is drawn and reported, and it reproduces the result.
   unseeded = GenerateRequest("a", [4, 5, 6], 2,
                              Decoding.sampling(temperatures[0], top_k=20))
-  drawn = served.engine.generate([unseeded])[0]
+  drawn = served.engine.generate([unseeded] + reqs[:2])[0]
   assert 0 <= drawn.seed <= engine_lib.MAX_SEED
   reseeded = GenerateRequest("a", [4, 5, 6], 2, Decoding.sampling(
       temperatures[0], top_k=20, seed=drawn.seed))
-  assert served.engine.generate([reseeded])[0].output_ids == drawn.output_ids
+  again = served.engine.generate(reqs[1:] + [reseeded])[-1]
+  assert again.output_ids == drawn.output_ids
 
 
 def test_adding_and_removing_tasks_compiles_nothing(served):
@@ -230,44 +262,64 @@ def test_adding_and_removing_tasks_compiles_nothing(served):
   before = engine.compiles
   bank.add("d", _prompts(5, ["d"])["d"])  # the free row
   new = GenerateRequest("d", reqs[0].input_ids, reqs[0].max_decode_length)
-  results = engine.generate([new, reqs[1]])
-  _check_equal_alone(served, [new, reqs[1]], results)
+  mixed = [new] + reqs[1:]  # the same batch and length buckets
+  results = engine.generate(mixed)
+  _check_equal_alone(served, mixed[:2], results[:2])
   # Replacing a prompt in place changes its results, still compiling nothing.
   old = results[0].output_ids, results[0].score
   bank.add("d", _prompts(6, ["d"])["d"])
-  replaced = engine.generate([new])[0]
+  replaced = engine.generate(mixed)[0]
   assert (replaced.output_ids, replaced.score) != old
   _check_equal_alone(served, [new], [replaced])
   bank.remove("d")
-  gone = engine.generate([new, reqs[1]])
+  gone = engine.generate(mixed)
   assert isinstance(gone[0], RequestError) and "'d'" in str(gone[0])
-  assert isinstance(gone[1], engine_lib.GenerateResult)
+  assert gone[1:] == results[1:]
   assert engine.compiles == before
 
 
+class Letters:
+  """A toy vocabulary: a..z <-> ids 10..35."""
+
+  def encode(self, text):
+    return [ord(c) - ord("a") + 10 for c in text]
+
+  def decode(self, ids):
+    return "".join(chr(i - 10 + ord("a")) if 10 <= i < 36 else "?"
+                   for i in ids)
+
+
 def test_compiles_counts_new_programs_and_warmup_covers_buckets():
-  model = pt.build_model(CONFIGS["gpt2"], method=pt.MultiTaskPrompt(
-      num_tasks=CAPACITY, mode="task_only", length=P))
+  model = _model("gpt2")
   params = _base_params(model, "gpt2")
   bank = bank_lib.PromptBank(CAPACITY, P, H, prompts=_prompts(0))
-  engine = engine_lib.Engine(model, params, bank, length_buckets=(4,),
-                             batch_buckets=(1, 2), decode_buckets=(4,))
+  engine = engine_lib.Engine(model, params, bank, vocabulary=Letters(),
+                             length_buckets=(4,), batch_buckets=(1, 2),
+                             decode_buckets=(4,))
   assert engine.compiles == 0
-  assert engine.warmup() == 4  # (greedy, score) x batch sizes (1, 2)
-  assert engine.compiles == 4
-  engine.generate([GenerateRequest("a", [3, 4], 3),
-                   GenerateRequest("c", [5], 4)])
+  # Greedy generate and score at every length and decode bucket (one
+  # each here), for batch size 1.
+  assert engine.warmup(batch_sizes=[1]) == 2
+  assert engine.compiles == 2
+  engine.generate([GenerateRequest("a", [3, 4], 3)])
   engine.score([ScoreRequest("b", [3, 4, 5], [6, 7])])
   bank.add("d", _prompts(5, ["d"])["d"])
   engine.generate([GenerateRequest("d", [3, 4, 5, 6], 1)])
-  assert engine.compiles == 4
-  # A group warm-up did not cover compiles once, then never again.
-  beam = [GenerateRequest("a", [3, 4], 3, Decoding.beam(2))]
-  engine.generate(beam)
-  assert engine.compiles == 5
-  engine.generate(beam * 2)
-  engine.generate(beam)
-  assert engine.compiles == 6  # batch bucket 2 was new
+  assert engine.compiles == 2
+  # A batch bucket warm-up did not cover compiles once, then never again.
+  two = [GenerateRequest("a", [3, 4], 3), GenerateRequest("d", [5], 4)]
+  engine.generate(two)
+  assert engine.compiles == 3
+  # Text in, text out (without EOS), through the vocabulary.
+  text, ids = engine.generate([
+      GenerateRequest("a", "hey", 4),
+      GenerateRequest("a", Letters().encode("hey"), 4)])
+  assert text.output_ids == ids.output_ids
+  kept = [i for i in ids.output_ids if i != EOS["gpt2"]]
+  assert text.text == ids.text == Letters().decode(kept)
+  engine.generate(two[:1])
+  assert engine.compiles == 3
+  assert engine.warmup(batch_sizes=[1, 2]) == 1  # only score at size 2
 
 
 # ----------------------------------------------------------------------------
@@ -276,13 +328,13 @@ def test_compiles_counts_new_programs_and_warmup_covers_buckets():
 
 @pytest.mark.parametrize("request_, match", [
     (GenerateRequest("nope", [3, 4], 2), r"unknown task 'nope'.*'a', 'b'"),
-    (GenerateRequest("a", [3] * 9, 2), r"9 tokens.*largest length bucket"),
+    (GenerateRequest("a", [3] * 13, 2), r"13 tokens.*largest length bucket"),
     (GenerateRequest("a", [], 2), r"input is empty"),
     (GenerateRequest("a", [3, VOCAB], 2), r"ids \[64\] outside.*\[0, 64\)"),
     (GenerateRequest("a", [3, -1], 2), r"ids \[-1\] outside"),
     (GenerateRequest("a", [3.5], 2), r"int token ids"),
     (GenerateRequest("a", "some text", 2), r"no vocabulary"),
-    (GenerateRequest("a", [3], 9), r"max_decode_length 9 .*\[1, 8\]"),
+    (GenerateRequest("a", [3], 13), r"max_decode_length 13 .*\[1, 12\]"),
     (GenerateRequest("a", [3], 0), r"max_decode_length 0"),
     (GenerateRequest("a", [3], 2, Decoding("nucleus")), r"mode 'nucleus'"),
     (GenerateRequest("a", [3], 2, Decoding.beam(0)), r"beam size 0"),
@@ -297,7 +349,7 @@ def test_compiles_counts_new_programs_and_warmup_covers_buckets():
     (GenerateRequest("a", [3], 2, Decoding.sampling(seed=2**31)),
      r"seed 2147483648"),
     (ScoreRequest("a", [3], []), r"target is empty"),
-    (ScoreRequest("a", [3], [4] * 9), r"target has 9 tokens"),
+    (ScoreRequest("a", [3], [4] * 13), r"target has 13 tokens"),
     (ScoreRequest("zz", [3], [4]), r"unknown task 'zz'"),
 ])
 def test_request_errors(served, request_, match):
@@ -317,7 +369,7 @@ def test_request_errors(served, request_, match):
 def test_encoder_inputs_refuse_the_padding_id(served):
   if served.arch != "t5":
     # GPT-2's id 0 is a token ("!"): decoder-only inputs take it.
-    engine_lib.Engine.validate(served.engine, GenerateRequest("a", [0, 3], 2))
+    served.engine.validate(GenerateRequest("a", [0, 3], 2))
     return
   with pytest.raises(RequestError, match="id 0, the padding id"):
     served.engine.validate(GenerateRequest("a", [3, 0, 4], 2))
@@ -326,53 +378,68 @@ def test_encoder_inputs_refuse_the_padding_id(served):
 
 
 def test_bad_requests_do_not_stop_the_others(served):
-  good = _requests(lambda i: Decoding.greedy())[:2]
-  results = served.engine.generate([good[0], GenerateRequest("x", [3], 2),
-                                    good[1], ScoreRequest("a", [3], [4])])
-  assert isinstance(results[1], RequestError)
+  good = _requests(lambda i: Decoding.greedy())
+  results = served.engine.generate(good[:2] + [
+      GenerateRequest("x", [3], 2), ScoreRequest("a", [3], [4])] + good[2:])
+  assert isinstance(results[2], RequestError)
   assert isinstance(results[3], RequestError)
   assert "GenerateRequest" in str(results[3])
-  _check_equal_alone(served, good, [results[0], results[2]])
-
-
-def test_text_goes_through_the_vocabulary(served):
-  class Letters:
-    """a..z <-> 2..27; EOS (1) never reaches decode."""
-
-    def encode(self, text):
-      return [ord(c) - ord("a") + 2 for c in text]
-
-    def decode(self, ids):
-      assert EOS not in ids
-      return "".join(chr(i - 2 + ord("a")) if 2 <= i < 28 else "?"
-                     for i in ids)
-
-  engine = engine_lib.Engine(served.model, served.params, served.bank,
-                             vocabulary=Letters(), **BUCKETS)
-  result = engine.generate([GenerateRequest("a", "hello", 3)])[0]
-  same = served.engine.generate([GenerateRequest(
-      "a", Letters().encode("hello"), 3)])[0]
-  assert result.output_ids == same.output_ids
-  kept = [i for i in same.output_ids if i != EOS]
-  assert result.text == Letters().decode(kept)
+  _check_equal_alone(served, good, results[:2] + results[4:])
 
 
 def test_engine_checks_its_model_and_buckets():
-  model = pt.build_model(CONFIGS["gpt2"], method=pt.PromptTuning(length=P))
+  model = _model("gpt2", pt.PromptTuning(length=P))
   bank = bank_lib.PromptBank(CAPACITY, P, H)
   with pytest.raises(ValueError, match="MultiTaskPrompt.*mode='task_only'"):
     engine_lib.Engine(model, {}, bank)
-  model = pt.build_model(CONFIGS["gpt2"], method=pt.MultiTaskPrompt(
-      num_tasks=CAPACITY + 1, mode="task_only", length=P))
+  model = _model("gpt2", pt.MultiTaskPrompt(num_tasks=CAPACITY + 1,
+                                            mode="task_only", length=P))
   with pytest.raises(ValueError, match="num_tasks=5.*4 rows"):
     engine_lib.Engine(model, {}, bank)
-  model = pt.build_model(CONFIGS["gpt2"], method=pt.MultiTaskPrompt(
-      num_tasks=CAPACITY, mode="task_only", length=P))
+  model = _model("gpt2")
   with pytest.raises(ValueError, match="max_position_embeddings=32"):
     engine_lib.Engine(model, {}, bank, length_buckets=(16,),
                       decode_buckets=(16,))
   with pytest.raises(ValueError, match="batch_buckets"):
     engine_lib.Engine(model, {}, bank, batch_buckets=())
+
+
+def test_engine_load_reads_base_and_prompt_dir(tmp_path):
+  base = tmp_path / "base"
+  orbax_params.save_params(str(base), _base_params(_model("gpt2"), "gpt2"),
+                           CONFIGS["gpt2"])
+  prompts = _prompts(2)
+  (tmp_path / "prompts").mkdir()
+  for name, array in prompts.items():
+    np.save(tmp_path / "prompts" / f"{name}.npy", array)
+  engine = engine_lib.Engine.load(str(base), str(tmp_path / "prompts"),
+                                  capacity=CAPACITY, eos_id=EOS["gpt2"],
+                                  **BUCKETS)
+  assert engine.bank.names() == ["a", "b", "c"]
+  assert engine.model.method.num_tasks == CAPACITY
+  assert engine.model.eos_id == EOS["gpt2"]
+  assert not engine.has_vocabulary  # not a shipped base
+  table = np.asarray(engine.bank.table)
+  for name, array in prompts.items():
+    np.testing.assert_array_equal(table[engine.bank.slot(name)], array)
+  with pytest.raises(ValueError, match="3 prompts, more than capacity=2; "
+                     "raise --cap to at least 3"):
+    engine_lib.Engine.load(str(base), str(tmp_path / "prompts"), capacity=2,
+                           capacity_setting="--cap")
+  with pytest.raises(ValueError, match="needs prompt_length"):
+    engine_lib.Engine.load(str(base))
+  with pytest.raises(ValueError, match="prompt_length=5, but the prompts"):
+    engine_lib.Engine.load(str(base), str(tmp_path / "prompts"),
+                           prompt_length=5)
+  # A shipped base names its vocabulary (loaded only when text is used);
+  # prompts of another model's width are refused by name.
+  shipped = engine_lib.Engine.load("bible_gpt2_small", prompt_length=P,
+                                   capacity=2, **BUCKETS)
+  assert shipped.has_vocabulary and shipped.bank.shape == (P, 128)
+  with pytest.raises(ValueError, match=r"'a' has a prompt of shape \(2, 8\)"
+                     r", but the model's embeddings are 128 wide"):
+    engine_lib.Engine.load("bible_gpt2_small", str(tmp_path / "prompts"),
+                           capacity=CAPACITY, **BUCKETS)
 
 
 # ----------------------------------------------------------------------------
@@ -411,7 +478,8 @@ def test_bank_add_replace_remove_and_snapshots():
     bank.add("", prompts["a"])
 
 
-def _write_run(run_dir, prompts_by_step, *, export=True, method="PromptTuning"):
+def _write_run(run_dir, prompts_by_step, *, export=True,
+               method="PromptTuning"):
   """What `train` writes: checkpoint_<step>/ (Orbax) and, for methods with
   an npy export, numpy_checkpoints/checkpoint_<step>/prompt.npy."""
   model = pt.build_model(CONFIGS["gpt2"], method=pt.PromptTuning(length=P))
