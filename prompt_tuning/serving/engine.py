@@ -658,9 +658,10 @@ class Engine:
 
   @property
   def compiles(self) -> int:
-    """XLA compilations the engine's calls caused (jax.monitoring's
-    compile events during them; where this jax has none, the distinct
-    program signatures run)."""
+    """XLA compilations the engine's calls caused: jax.monitoring's
+    backend-compile events fired while they ran (a program loaded from
+    JAX's persistent compilation cache counts too); where this jax has no
+    such events, the distinct (group, batch size) programs run."""
     return self._compiles if self._monitored else len(self._signatures)
 
   def _params(self, base: Any, table: jax.Array) -> Any:
