@@ -29,3 +29,20 @@ def test_readme_has_exactly_two_setup_commands():
       commands, ("python -m prompt_tuning.train --gin_file=runs/translate_bible.gin",
                  "pytest -q"))] == [True, True]
   assert len(commands) == 2
+
+
+def test_readme_serving_example_serves_the_shipped_prompts():
+  """The serving example's prompts load as a bank for its base (the example
+  itself is run verbatim for the release notes; tests/test_serving_http.py
+  runs the binary on this base)."""
+  from prompt_tuning.checkpoints import shipped  # pylint: disable=g-import-not-at-top
+  from prompt_tuning.serving import bank  # pylint: disable=g-import-not-at-top
+  (block,) = re.findall(r"```bash\n(python -m prompt_tuning.serve .*?)```",
+                        README.read_text(), re.S)
+  base = re.search(r"--gin.BASE=\"'(\w+)'\"", block).group(1)
+  prompts_dir = re.search(r"--gin.PROMPTS_DIR=\"'([\w/]+)'\"", block).group(1)
+  prompts = bank.load_prompt_dir(README.parent / prompts_dir)
+  tasks = set(re.findall(r'"task": "(\w+)"', block))
+  assert tasks == set(prompts) == {"en_es", "es_en"}
+  width = shipped.find(base).config.emb_dim
+  assert {p.shape for p in prompts.values()} == {(20, width)}
