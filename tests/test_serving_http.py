@@ -99,11 +99,15 @@ def test_concurrent_mixed_task_requests_each_get_their_own_result(
     ids = rng.integers(2, VOCAB, size=int(rng.integers(1, 10))).tolist()
     n = int(rng.integers(1, 7))
     decoding = ({"mode": "sampling", "temperature": 0.7, "seed": i}
-                if i % 4 == 3 else {"mode": "greedy"})
+                if i % 4 == 3 else {"mode": "beam", "size": 2, "alpha": 0.6}
+                if i % 4 == 1 else {"mode": "greedy"})
     cases.append((task, ids, n, decoding))
+  to_decoding = {"greedy": lambda d: Decoding.greedy(),
+                 "beam": lambda d: Decoding.beam(d["size"], d["alpha"]),
+                 "sampling": lambda d: Decoding.sampling(
+                     d["temperature"], seed=d["seed"])}
   expected = [_alone(engine, GenerateRequest(
-      t, ids, n, Decoding.sampling(0.7, seed=d["seed"]) if "seed" in d
-      else Decoding.greedy())) for t, ids, n, d in cases]
+      t, ids, n, to_decoding[d["mode"]](d))) for t, ids, n, d in cases]
   batches_before = _metric(served.request("GET", "/metrics")[1],
                            "prompt_tuning_batch_size_count")
   with concurrent.futures.ThreadPoolExecutor(12) as pool:
