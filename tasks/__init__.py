@@ -13,12 +13,17 @@ and seqio load here, never from `import prompt_tuning`):
 * bible.py: pretraining objectives (pretraining.py) on the shipped Bible
   corpus, and translation on the demo's held-out verses, in the shipped
   bases' SentencePiece vocabulary.
+* bible_downstream.py: downstream tasks on that corpus, evaluated on its
+  held-out verses: Spanish -> English in MSP's format, which part of the
+  canon a verse is from, WEB vs KJV paraphrase by testament, and their
+  rank-classification variants.
 
 metrics.py holds the shared metric functions; vocabularies.py the
 vocabularies, whose file paths are gin-configurable.
 """
 
 from prompt_tuning.tasks import bible
+from prompt_tuning.tasks import bible_downstream
 from prompt_tuning.tasks import demo
 from prompt_tuning.tasks import glue
 from prompt_tuning.tasks import metrics
