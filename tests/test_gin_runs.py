@@ -32,6 +32,7 @@ REQUIRED = {
     "CHECKPOINT_PATH": "'/tmp/unused_model_dir'",
     "EVAL_OUTPUT_DIR": "'/tmp/unused_eval'",
     "INFER_OUTPUT_DIR": "'/tmp/unused_infer'",
+    "BASE": "'bible_gpt2_small'",
 }
 # The files each one is given after on the command line (default PROMPT_T5).
 COMPANIONS = {
@@ -39,6 +40,7 @@ COMPANIONS = {
     "recipes/superglue_prompt_tuning.gin": ["models/t5_1_1_xxl.gin"],
     "runs/demo.gin": [],
     "recipes/msp_wmt_mgpt.gin": [],
+    "runs/serve.gin": [],
 }
 PROMPT_T5 = ["models/t5_1_1_tiny.gin", "methods/prompt_tuning.gin"]
 
