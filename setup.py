@@ -59,6 +59,7 @@ TEST_REQUIRES = [
     "transformers>=5.0,<5.24",
     "peft>=0.21.0,<0.22",
     "safetensors>=0.8.0,<0.9",  # transformers 5.23 needs >=0.8.0.
+    "matplotlib>=3.8,<4",  # The experiments' figures.
 ]
 
 setuptools.setup(

@@ -1,0 +1,151 @@
+"""Runs one study of `experiments/studies.py`: every arm and seed through the
+ordinary `train` binary, then its table and figure.
+
+  python experiments/run.py msp_table1            # the full study
+  python experiments/run.py msp_table1 --quick    # end to end in minutes
+
+Each run writes `experiments/results/<study>[_quick]/<arm>/seed_<k>/`, the
+binary's MODEL_DIR. A run counts as finished once its `result.json` exists
+(written last, atomically), so a rerun skips it; an interrupted run resumes
+from its newest checkpoint, as the train binary does. After the runs:
+`results.json` (every run's metrics, and each arm's mean and std),
+`table.md` and `figure.png` beside them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from typing import Any
+
+import numpy as np
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+sys.path.insert(0, HERE)
+
+import studies  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+# What --quick changes in every arm: a few steps, few eval examples.
+QUICK_BINDINGS = ("TRAIN_STEPS = 4", "BATCH_SIZE = 8", "train.eval_period = 4",
+                  "train.checkpoint_period = 4", "train.eval_steps = 1",
+                  "train.infer_eval_examples = 8", "train.log_period = 2")
+
+
+def _write_json(path: str, value: Any) -> None:
+  """Written whole or not at all: a temporary file, then a rename."""
+  tmp = f"{path}.tmp"
+  with open(tmp, "w", encoding="utf-8") as f:
+    json.dump(value, f, indent=1, sort_keys=True)
+    f.write("\n")
+  os.replace(tmp, path)
+
+
+def _trainable(model_dir: str) -> int:
+  with open(os.path.join(model_dir, "model_info.json"), encoding="utf-8") as f:
+    parameters = json.load(f)["parameters"]
+  return int(re.match(r"([\d,]+) trainable", parameters).group(1).replace(
+      ",", ""))
+
+
+def _metrics(model_dir: str, task: str) -> dict[str, float]:
+  path = os.path.join(model_dir, "inference_eval", f"{task}-metrics.jsonl")
+  with open(path, encoding="utf-8") as f:
+    last = json.loads(f.read().strip().splitlines()[-1])
+  return {k: v for k, v in last.items() if k != "step"}
+
+
+def run_arm(arm: studies.Arm, seed: int, out_dir: str, quick: bool
+            ) -> dict[str, Any]:
+  """One (arm, seed): trains (or resumes), then records its result."""
+  model_dir = os.path.join(out_dir, arm.name, f"seed_{seed}")
+  result_path = os.path.join(model_dir, "result.json")
+  if os.path.exists(result_path):
+    with open(result_path, encoding="utf-8") as f:
+      return json.load(f)
+  os.makedirs(model_dir, exist_ok=True)
+  bindings = [*arm.bindings, f"MODEL_DIR = '{model_dir}'",
+              f"RANDOM_SEED = {seed}", *(QUICK_BINDINGS if quick else ())]
+  command = [sys.executable, "-m", "prompt_tuning.train",
+             f"--gin_search_paths={ROOT}",
+             *(f"--gin_file={f}" for f in arm.gin_files),
+             *(f"--gin.{b.replace(' = ', '=', 1)}" for b in bindings)]
+  print(f"== {arm.name} seed {seed}", flush=True)
+  start = time.perf_counter()
+  log_path = os.path.join(model_dir, "train.log")
+  with open(log_path, "a", encoding="utf-8") as log:
+    status = subprocess.call(command, cwd=ROOT, stdout=log,
+                             stderr=subprocess.STDOUT)
+  if status != 0:
+    raise SystemExit(f"{arm.name} seed {seed} failed (exit {status}); see "
+                     f"{log_path}. Rerun the same command to resume.")
+  result = {"arm": arm.name, "seed": seed, "labels": arm.labels,
+            "seconds": time.perf_counter() - start,
+            "trainable": _trainable(model_dir),
+            **_metrics(model_dir, arm.task)}
+  _write_json(result_path, result)
+  return result
+
+
+def summarize(results: list[dict[str, Any]], metrics: tuple[str, ...]
+              ) -> list[dict[str, Any]]:
+  """One row per arm: labels, mean and std of each metric over seeds."""
+  rows = []
+  for arm in dict.fromkeys(r["arm"] for r in results):
+    runs = [r for r in results if r["arm"] == arm]
+    row = {"arm": arm, **runs[0]["labels"], "seeds": len(runs),
+           "trainable": runs[0]["trainable"]}
+    for name in (*metrics, "seconds"):
+      values = np.array([r[name] for r in runs], float)
+      row[name] = float(values.mean())
+      row[f"{name}_std"] = float(values.std(ddof=1)) if len(runs) > 1 else 0.0
+    rows.append(row)
+  return rows
+
+
+def table(rows: list[dict[str, Any]], columns: tuple[str, ...],
+          metrics: tuple[str, ...]) -> str:
+  head = [*columns, *metrics, "trainable", "minutes"]
+  lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+  for row in rows:
+    cells = [str(row[c]) for c in columns]
+    cells += [f"{row[m]:.2f} ± {row[m + '_std']:.2f}" for m in metrics]
+    cells += [f"{row['trainable']:,}", f"{row['seconds'] / 60:.1f}"]
+    lines.append("| " + " | ".join(cells) + " |")
+  return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> dict[str, Any]:
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("study", choices=sorted(studies.STUDIES))
+  parser.add_argument("--quick", action="store_true",
+                      help="one seed, a few steps: the pipeline end to end")
+  parser.add_argument("--seeds", type=int, default=3)
+  parser.add_argument("--out", default=os.path.join(HERE, "results"))
+  args = parser.parse_args(argv)
+  study = studies.STUDIES[args.study]
+  out_dir = os.path.join(args.out, args.study + ("_quick" if args.quick
+                                                 else ""))
+  os.makedirs(out_dir, exist_ok=True)
+  seeds = range(1 if args.quick else args.seeds)
+  results = [run_arm(arm, seed, out_dir, args.quick)
+             for arm in study.arms(args.quick) for seed in seeds]
+  rows = summarize(results, study.metrics)
+  summary = {"study": args.study, "quick": args.quick, "runs": results,
+             "rows": rows}
+  _write_json(os.path.join(out_dir, "results.json"), summary)
+  text = table(rows, study.columns, study.metrics)
+  with open(os.path.join(out_dir, "table.md"), "w", encoding="utf-8") as f:
+    f.write(text)
+  study.figure(rows, os.path.join(out_dir, "figure.png"))
+  print(text)
+  return summary
+
+
+if __name__ == "__main__":
+  main(sys.argv[1:])
