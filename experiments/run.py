@@ -21,7 +21,7 @@ import re
 import subprocess
 import sys
 import time
-from typing import Any
+from typing import Any, Optional
 
 import numpy as np
 
@@ -60,14 +60,24 @@ def _metrics(model_dir: str, task: str) -> dict[str, float]:
   return {k: v for k, v in last.items() if k != "step"}
 
 
+def _finished(out_dir: str, arm: studies.Arm, seed: int
+              ) -> Optional[dict[str, Any]]:
+  """The recorded result of (arm, seed), or None if it has not finished."""
+  path = os.path.join(out_dir, arm.name, f"seed_{seed}", "result.json")
+  if not os.path.exists(path):
+    return None
+  with open(path, encoding="utf-8") as f:
+    return json.load(f)
+
+
 def run_arm(arm: studies.Arm, seed: int, out_dir: str, quick: bool
             ) -> dict[str, Any]:
   """One (arm, seed): trains (or resumes), then records its result."""
   model_dir = os.path.join(out_dir, arm.name, f"seed_{seed}")
   result_path = os.path.join(model_dir, "result.json")
-  if os.path.exists(result_path):
-    with open(result_path, encoding="utf-8") as f:
-      return json.load(f)
+  done = _finished(out_dir, arm, seed)
+  if done is not None:
+    return done
   os.makedirs(model_dir, exist_ok=True)
   bindings = [*arm.bindings, f"MODEL_DIR = '{model_dir}'",
               f"RANDOM_SEED = {seed}", *(QUICK_BINDINGS if quick else ())]
@@ -126,6 +136,10 @@ def main(argv=None) -> dict[str, Any]:
   parser.add_argument("--quick", action="store_true",
                       help="one seed, a few steps: the pipeline end to end")
   parser.add_argument("--seeds", type=int, default=3)
+  parser.add_argument("--report", action="store_true",
+                      help="train nothing: tabulate the runs finished so far")
+  parser.add_argument("--only", default=None,
+                      help="regex: run only the arms whose name it finds")
   parser.add_argument("--out", default=os.path.join(HERE, "results"))
   args = parser.parse_args(argv)
   study = studies.STUDIES[args.study]
@@ -133,8 +147,19 @@ def main(argv=None) -> dict[str, Any]:
                                                  else ""))
   os.makedirs(out_dir, exist_ok=True)
   seeds = range(1 if args.quick else args.seeds)
-  results = [run_arm(arm, seed, out_dir, args.quick)
-             for arm in study.arms(args.quick) for seed in seeds]
+  arms = [a for a in study.arms(args.quick)
+          if args.only is None or re.search(args.only, a.name)]
+  if not arms:
+    raise SystemExit(f"--only={args.only!r} matches no arm of {args.study}.")
+  if args.report:
+    results = [_finished(out_dir, arm, seed) for arm in arms
+               for seed in seeds]
+    results = [r for r in results if r is not None]
+    if not results:
+      raise SystemExit(f"no finished runs of {args.study} in {out_dir}.")
+  else:
+    results = [run_arm(arm, seed, out_dir, args.quick)
+               for arm in arms for seed in seeds]
   rows = summarize(results, study.metrics)
   summary = {"study": args.study, "quick": args.quick, "runs": results,
              "rows": rows}
