@@ -313,13 +313,14 @@ def build(en_imp: str, es_imp: str) -> list[tuple[str, str, str, str]]:
           if split]
 
 
-def tsv_gz(rows: Iterable[Sequence[str]]) -> bytes:
+def tsv_gz(rows: Iterable[Sequence[str]],
+           columns: Sequence[str] = COLUMNS) -> bytes:
   """Gzipped UTF-8 TSV with a header; mtime 0, so the same rows give the
   same bytes."""
   text = io.StringIO()
   writer = csv.writer(text, delimiter="\t", lineterminator="\n",
                       quoting=csv.QUOTE_MINIMAL)
-  writer.writerow(COLUMNS)
+  writer.writerow(columns)
   writer.writerows(rows)
   out = io.BytesIO()
   with gzip.GzipFile(filename="", mode="wb", fileobj=out, mtime=0,

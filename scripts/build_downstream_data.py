@@ -44,10 +44,7 @@ from __future__ import annotations
 
 import argparse
 import collections
-import csv
-import gzip
 import hashlib
-import io
 import pathlib
 import sys
 from typing import Iterable, Mapping, Sequence
@@ -266,21 +263,6 @@ def paraphrase_rows(texts: Mapping[str, Mapping[str, str]],
   return rows
 
 
-def tsv_gz(columns: Sequence[str], rows: Iterable[Sequence[str]]) -> bytes:
-  """Gzipped UTF-8 TSV with a header; mtime 0, so the same rows give the
-  same bytes."""
-  text = io.StringIO()
-  writer = csv.writer(text, delimiter="\t", lineterminator="\n",
-                      quoting=csv.QUOTE_MINIMAL)
-  writer.writerow(columns)
-  writer.writerows(rows)
-  out = io.BytesIO()
-  with gzip.GzipFile(filename="", mode="wb", fileobj=out, mtime=0,
-                     compresslevel=9) as f:
-    f.write(text.getvalue().encode("utf-8"))
-  return out.getvalue()
-
-
 def build(records: Mapping[str, Mapping[str, str]],
           demo_rows: Sequence[tuple[str, str, str, str]],
           shipped_heldout: Mapping[str, str]
@@ -354,7 +336,7 @@ def main(argv: Sequence[str] | None = None) -> None:
   for path, columns, rows in ((args.canon_output, CANON_COLUMNS, canon),
                               (args.paraphrase_output, PARAPHRASE_COLUMNS,
                                paraphrase)):
-    data = tsv_gz(columns, rows)
+    data = demo.tsv_gz(rows, columns)
     pathlib.Path(path).write_bytes(data)
     print(f"wrote {path}: {len(data):,} bytes, {len(rows)} rows",
           file=sys.stderr)
