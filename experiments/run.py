@@ -35,6 +35,7 @@ import studies  # pylint: disable=g-import-not-at-top,wrong-import-position
 QUICK_BINDINGS = ("TRAIN_STEPS = 4", "BATCH_SIZE = 8", "train.eval_period = 4",
                   "train.checkpoint_period = 4", "train.eval_steps = 1",
                   "train.infer_eval_examples = 8", "train.log_period = 2")
+QUICK_EVAL_BINDINGS = ("evaluate.num_examples = 8",)
 
 
 def _write_json(path: str, value: Any) -> None:
@@ -53,8 +54,10 @@ def _trainable(model_dir: str) -> int:
       ",", ""))
 
 
-def _metrics(model_dir: str, task: str) -> dict[str, float]:
-  path = os.path.join(model_dir, "inference_eval", f"{task}-metrics.jsonl")
+def _metrics(model_dir: str, task: str, folder: str = "inference_eval"
+             ) -> dict[str, float]:
+  """The last evaluation's metrics of `task` under model_dir/folder."""
+  path = os.path.join(model_dir, folder, f"{task}-metrics.jsonl")
   with open(path, encoding="utf-8") as f:
     last = json.loads(f.read().strip().splitlines()[-1])
   return {k: v for k, v in last.items() if k != "step"}
@@ -70,34 +73,63 @@ def _finished(out_dir: str, arm: studies.Arm, seed: int
     return json.load(f)
 
 
+def _binary(binary: str, gin_files: tuple[str, ...], bindings: list[str],
+            log_path: str, what: str) -> None:
+  """Runs `python -m prompt_tuning.<binary>`, its output appended to
+  log_path; a failure stops the study with where to look."""
+  command = [sys.executable, "-m", f"prompt_tuning.{binary}",
+             f"--gin_search_paths={ROOT}",
+             *(f"--gin_file={f}" for f in gin_files),
+             *(f"--gin.{b.replace(' = ', '=', 1)}" for b in bindings)]
+  with open(log_path, "a", encoding="utf-8") as log:
+    status = subprocess.call(command, cwd=ROOT, stdout=log,
+                             stderr=subprocess.STDOUT)
+  if status != 0:
+    raise SystemExit(f"{what} failed (exit {status}); see {log_path}. "
+                     "Rerun the same command to resume.")
+
+
 def run_arm(arm: studies.Arm, seed: int, out_dir: str, quick: bool
             ) -> dict[str, Any]:
-  """One (arm, seed): trains (or resumes), then records its result."""
+  """One (arm, seed): trains (or resumes) and evaluates, then records its
+  result. An untrained arm (prompt design) is one run of the eval binary
+  on the base itself."""
   model_dir = os.path.join(out_dir, arm.name, f"seed_{seed}")
   result_path = os.path.join(model_dir, "result.json")
   done = _finished(out_dir, arm, seed)
   if done is not None:
     return done
   os.makedirs(model_dir, exist_ok=True)
-  bindings = [*arm.bindings, f"MODEL_DIR = '{model_dir}'",
-              f"RANDOM_SEED = {seed}", *(QUICK_BINDINGS if quick else ())]
-  command = [sys.executable, "-m", "prompt_tuning.train",
-             f"--gin_search_paths={ROOT}",
-             *(f"--gin_file={f}" for f in arm.gin_files),
-             *(f"--gin.{b.replace(' = ', '=', 1)}" for b in bindings)]
-  print(f"== {arm.name} seed {seed}", flush=True)
-  start = time.perf_counter()
+  what = f"{arm.name} seed {seed}"
   log_path = os.path.join(model_dir, "train.log")
-  with open(log_path, "a", encoding="utf-8") as log:
-    status = subprocess.call(command, cwd=ROOT, stdout=log,
-                             stderr=subprocess.STDOUT)
-  if status != 0:
-    raise SystemExit(f"{arm.name} seed {seed} failed (exit {status}); see "
-                     f"{log_path}. Rerun the same command to resume.")
+  quick_bindings = QUICK_BINDINGS if quick else ()
+  print(f"== {what}", flush=True)
+  start = time.perf_counter()
+  if arm.trained:
+    _binary("train", arm.gin_files,
+            [*arm.bindings, f"MODEL_DIR = '{model_dir}'",
+             f"RANDOM_SEED = {seed}", *quick_bindings], log_path, what)
+    trainable = _trainable(model_dir)
+  else:
+    _binary("eval", ("runs/prompt_eval.gin", *arm.gin_files),
+            [*arm.bindings, "CHECKPOINT_PATH = None",
+             f"EVAL_OUTPUT_DIR = '{model_dir}/inference_eval'",
+             *(QUICK_EVAL_BINDINGS if quick else ())], log_path, what)
+    trainable = 0
   result = {"arm": arm.name, "seed": seed, "labels": arm.labels,
-            "seconds": time.perf_counter() - start,
-            "trainable": _trainable(model_dir),
-            **_metrics(model_dir, arm.task)}
+            "trainable": trainable, **_metrics(model_dir, arm.task)}
+  # Zero-shot evaluations of the trained run on other tasks (transfer).
+  for label, task in arm.evals:
+    eval_dir = os.path.join(model_dir, f"eval_{label}")
+    _binary("eval", ("runs/prompt_eval.gin", *arm.gin_files),
+            [*arm.bindings, f"MIXTURE_OR_TASK_NAME = '{task}'",
+             # The training files require MODEL_DIR; nothing writes it.
+             f"MODEL_DIR = '{model_dir}'", f"CHECKPOINT_PATH = '{model_dir}'",
+             f"EVAL_OUTPUT_DIR = '{eval_dir}'",
+             *(QUICK_EVAL_BINDINGS if quick else ())], log_path, f"{what} eval {task}")
+    result.update({f"{label}_{k}": v for k, v in _metrics(
+        eval_dir, task, "").items()})
+  result["seconds"] = time.perf_counter() - start
   _write_json(result_path, result)
   return result
 
@@ -111,6 +143,8 @@ def summarize(results: list[dict[str, Any]], metrics: tuple[str, ...]
     row = {"arm": arm, **runs[0]["labels"], "seeds": len(runs),
            "trainable": runs[0]["trainable"]}
     for name in (*metrics, "seconds"):
+      if name not in runs[0]:  # e.g. BLEU in a classification arm's row
+        continue
       values = np.array([r[name] for r in runs], float)
       row[name] = float(values.mean())
       row[f"{name}_std"] = float(values.std(ddof=1)) if len(runs) > 1 else 0.0
@@ -124,7 +158,8 @@ def table(rows: list[dict[str, Any]], columns: tuple[str, ...],
   lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
   for row in rows:
     cells = [str(row[c]) for c in columns]
-    cells += [f"{row[m]:.2f} ± {row[m + '_std']:.2f}" for m in metrics]
+    cells += [("–" if m not in row else f"{row[m]:.2f}" if row["seeds"] == 1
+               else f"{row[m]:.2f} ± {row[m + '_std']:.2f}") for m in metrics]
     cells += [f"{row['trainable']:,}", f"{row['seconds'] / 60:.1f}"]
     lines.append("| " + " | ".join(cells) + " |")
   return "\n".join(lines) + "\n"
@@ -153,13 +188,14 @@ def main(argv=None) -> dict[str, Any]:
     raise SystemExit(f"--only={args.only!r} matches no arm of {args.study}.")
   if args.report:
     results = [_finished(out_dir, arm, seed) for arm in arms
-               for seed in seeds]
+               for seed in (seeds if arm.trained else [0])]
     results = [r for r in results if r is not None]
     if not results:
       raise SystemExit(f"no finished runs of {args.study} in {out_dir}.")
   else:
+    # Untrained arms are deterministic: one run, whatever --seeds says.
     results = [run_arm(arm, seed, out_dir, args.quick)
-               for arm in arms for seed in seeds]
+               for arm in arms for seed in (seeds if arm.trained else [0])]
   rows = summarize(results, study.metrics)
   summary = {"study": args.study, "quick": args.quick, "runs": results,
              "rows": rows}

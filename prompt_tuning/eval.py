@@ -45,7 +45,7 @@ def step_of(label: str) -> int:
 
 
 def load_and_show(binary: str, dataset_cfg: data.DatasetConfig,
-                  checkpoint_path: str,
+                  checkpoint_path: Optional[str],
                   model: Optional[model_wrappers.BaseModel],
                   params: Optional[Any], mesh: Optional[Mesh],
                   **rows: Any
@@ -80,8 +80,9 @@ def load_and_show(binary: str, dataset_cfg: data.DatasetConfig,
 
 # As train's: the parts a Python caller hands over are not gin values.
 @gin.configurable(denylist=["model", "params", "mesh"])
-def evaluate(*, dataset_cfg: data.DatasetConfig, checkpoint_path: str,
-             output_dir: str,
+def evaluate(*, dataset_cfg: data.DatasetConfig,
+             checkpoint_path: Optional[str],
+             output_dir: str, num_examples: Optional[int] = None,
              model: Optional[model_wrappers.BaseModel] = None,
              params: Optional[Any] = None, mesh: Optional[Mesh] = None
              ) -> dict[str, dict[str, Any]]:
@@ -91,8 +92,11 @@ def evaluate(*, dataset_cfg: data.DatasetConfig, checkpoint_path: str,
     dataset_cfg: the split to evaluate (@DatasetConfig(), usually
       validation).
     checkpoint_path: CHECKPOINT_PATH: a run's MODEL_DIR (its newest
-      checkpoint), one of its checkpoint_<step> dirs, or a prompt .npy file.
+      checkpoint), one of its checkpoint_<step> dirs, or a prompt .npy file;
+      None: the base as loaded, untrained (with methods/model_tuning.gin).
     output_dir: EVAL_OUTPUT_DIR, where metrics and inferences go.
+    num_examples: evaluate only the split's first N examples (rows, for a
+      rank-classification task: one per label); None: all of it.
     model, params, mesh: a Python caller's parts (see `load_and_show`);
       the command line passes none.
 
@@ -100,10 +104,14 @@ def evaluate(*, dataset_cfg: data.DatasetConfig, checkpoint_path: str,
     {task: {metric: value}} on process 0 ({} on the others).
   """
   runtime.check_output_dir(output_dir, "EVAL_OUTPUT_DIR")
+  if num_examples is not None and num_examples < 1:
+    raise ValueError(f"evaluate.num_examples={num_examples} must be >= 1 "
+                     "(or None for the whole split).")
   mesh, model, params, label = load_and_show(
       "eval", dataset_cfg, checkpoint_path, model, params, mesh)
   evaluator = evaluation.Evaluator(model, dataset_cfg, mesh,
-                                   log_dir=output_dir)
+                                   log_dir=output_dir,
+                                   num_examples=num_examples)
   if not evaluator.task_names:
     raise gin_utils.UsageError(
         f"{dataset_cfg.mixture_or_task_name!r} has no task with a "

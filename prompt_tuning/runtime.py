@@ -145,14 +145,25 @@ def is_prompt_file(path: str) -> bool:
 
 
 def load_trained(model: model_wrappers.BaseModel, params: Params,
-                 checkpoint_path: str) -> tuple[Params, str]:
+                 checkpoint_path: Optional[str]) -> tuple[Params, str]:
   """`params` with the trainable part replaced by a run's; (params, label).
 
   checkpoint_path: a run's MODEL_DIR (its newest checkpoint), one of its
   `checkpoint_<step>` dirs, a `numpy_checkpoints/checkpoint_<step>` dir, or
-  a prompt `.npy` file (the [P, H] prompt of prompt tuning). label names
-  what was loaded, for logs and output file names.
+  a prompt `.npy` file (the [P, H] prompt of prompt tuning). None: nothing
+  trained, the base as loaded (zero-shot, or prompt design: a hand-written
+  prompt in the task's text); only for a method that adds no parameters,
+  since a fresh prompt or prefix is noise. label names what was loaded,
+  for logs and output file names.
   """
+  if checkpoint_path is None:
+    if model.method is not None and model.method.param_scope is not None:
+      raise ValueError(
+          f"CHECKPOINT_PATH=None evaluates the base as loaded, but METHOD "
+          f"{type(model.method).__name__} adds untrained parameters "
+          f"({model.method.param_scope}/...); use methods/model_tuning.gin "
+          "for the base alone, or point CHECKPOINT_PATH at a trained run.")
+    return params, "base"
   if is_prompt_file(checkpoint_path):
     return _with_prompt_file(model, params, checkpoint_path), (
         os.path.splitext(os.path.basename(checkpoint_path))[0])
@@ -210,7 +221,7 @@ def check_output_dir(output_dir: str, macro: str) -> None:
 
 
 def load_trained_model(dataset_cfg: data.DatasetConfig,
-                       checkpoint_path: str,
+                       checkpoint_path: Optional[str],
                        model: Optional[model_wrappers.BaseModel] = None,
                        params: Optional[Params] = None,
                        mesh: Optional[Mesh] = None

@@ -52,6 +52,7 @@ class Plan:
   stages: tuple[Stage, ...]
   eval_task: str  # Held-out loss of the shipped base is measured on this.
   eval_lengths: dict[str, int]
+  model: Optional[str] = None  # models/<model>.gin; the base's name if None.
 
 
 def _t5(span_steps: int, lm_steps: int, batch: int) -> Plan:
@@ -66,6 +67,16 @@ def _t5(span_steps: int, lm_steps: int, batch: int) -> Plan:
                 (batch_flag, f"--gin.rsqrt_decay.warmup_steps={span_steps}")),
       ),
       eval_task="bible_prefix_lm", eval_lengths={"inputs": 64, "targets": 64})
+
+
+def _span_only(steps: int, batch: int, model: str) -> Plan:
+  """Stage 1 of `_t5` alone: a span-corruption base without LM adaptation
+  (Lester et al. 2021's off-the-shelf T5.1.1), held-out loss on its own
+  objective."""
+  return dataclasses.replace(
+      _t5(steps, 0, batch), stages=_t5(steps, 0, batch).stages[:1],
+      eval_task="bible_span_corruption",
+      eval_lengths={"inputs": 128, "targets": 32}, model=model)
 
 
 def _gpt2(steps: int, batch: int) -> Plan:
@@ -83,17 +94,21 @@ PLANS = {
     "bible_t5_tiny": _t5(span_steps=900, lm_steps=600, batch=32),
     "bible_t5_small": _t5(span_steps=900, lm_steps=600, batch=32),
     "bible_t5_base": _t5(span_steps=900, lm_steps=600, batch=32),
+    # bible_t5_small before LM adaptation: the same recipe, seed and steps
+    # as its stage 1, for the prompt-tuning paper's LM-adaptation ablation.
+    "bible_t5_small_span": _span_only(steps=900, batch=32,
+                                      model="bible_t5_small"),
     "bible_gpt2_small": _gpt2(steps=2000, batch=16),
     "bible_gpt2_medium": _gpt2(steps=1100, batch=16),
 }
 
 
-def run_stage(name: str, stage: Stage, previous: Optional[pathlib.Path]
-              ) -> float:
+def run_stage(name: str, model: str, stage: Stage,
+              previous: Optional[pathlib.Path]) -> float:
   """Runs (or resumes) one stage; returns its wall seconds this time."""
   model_dir = RUNS / name / stage.name
   command = [sys.executable, "-m", "prompt_tuning.train",
-             f"--gin_file=models/{name}.gin", f"--gin_file={stage.recipe}",
+             f"--gin_file=models/{model}.gin", f"--gin_file={stage.recipe}",
              f"--gin.MODEL_DIR='{model_dir}'",
              f"--gin.TRAIN_STEPS={stage.steps}", *stage.flags]
   if previous is not None:
@@ -113,7 +128,7 @@ def pretrain(name: str, plan: Plan) -> None:
   timings = _timings(name)
   previous = None
   for stage in plan.stages:
-    seconds = run_stage(name, stage, previous)
+    seconds = run_stage(name, plan.model or name, stage, previous)
     # A resumed stage adds to the time it already took.
     timings[stage.name] = timings.get(stage.name, 0.0) + seconds
     (RUNS / name / "timings.json").write_text(json.dumps(timings, indent=1))
@@ -154,7 +169,8 @@ def ship(name: str, plan: Plan, eval_batches: int = 20) -> dict[str, Any]:
   from prompt_tuning.checkpoints import loader, shipped, t5x  # pylint: disable=g-import-not-at-top
   from prompt_tuning.models import configs  # pylint: disable=g-import-not-at-top
 
-  config = configs.from_gin(name)
+  gin_model = plan.model or name
+  config = configs.from_gin(gin_model)
   last = RUNS / name / plan.stages[-1].name
   model, variables = pt.load_pretrained(str(last), config=config)
   params = jax.device_get(variables["params"])
@@ -184,12 +200,12 @@ def ship(name: str, plan: Plan, eval_batches: int = 20) -> dict[str, Any]:
         "target_tokens_seen": _target_tokens(run_dir, 100),
         "seconds": round(timings.get(stage.name, float("nan")), 1),
         "command": (f"python -m prompt_tuning.train --gin_file=models/"
-                    f"{name}.gin --gin_file={stage.recipe} --gin.TRAIN_STEPS="
+                    f"{gin_model}.gin --gin_file={stage.recipe} --gin.TRAIN_STEPS="
                     f"{stage.steps} " + " ".join(stage.flags)),
     })
   info = {
       "name": name, "checkpoint": f"checkpoint_{step}",
-      "config": shipped.config_to_json(config), "gin_model": name,
+      "config": shipped.config_to_json(config), "gin_model": gin_model,
       "vocabulary": "bible", "parameters": total,
       "non_embedding_parameters": total - embedding,
       "stages": stages,

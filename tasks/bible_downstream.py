@@ -36,6 +36,15 @@ scripts/build_downstream_data.py rebuilds the files.
   task's metrics. Train with the plain task: inputs and label words are
   the same.
 
+* `bible_en_es_design`, `bible_canon_design_rank`: prompt design (Lester
+  et al.'s third arm: a hand-written prompt, the model frozen, nothing
+  trained), validation and test only. Translation: the English verse then
+  a newline, which is how the bilingual pretraining documents hand over
+  from English to Spanish (DESIGN_SEPARATOR); canon: CANON_DESIGN_PROMPT,
+  which names the seven labels, before the verse, scored by rank
+  classification. Evaluate the base itself on them (the eval binary with
+  CHECKPOINT_PATH=None and methods/model_tuning.gin).
+
 Classification targets are mapped back to class ids (glue's
 `label_to_class_id`: -1 for a prediction that is no label word, counted as
 wrong). Every file is read on first use, not at import.
@@ -76,6 +85,14 @@ PARAPHRASE_LABELS = ("no", "yes")
 TESTAMENTS = ("ot", "nt")
 
 MSP_ES_EN_TASK = "bible_es_en_msp"
+TRANSLATION_DESIGN_TASK = "bible_en_es_design"
+CANON_DESIGN_TASK = "bible_canon_design_rank"
+# The prompts of prompt design. The translation one is the pretraining
+# documents' own hand-over from an English passage to its Spanish one.
+DESIGN_SEPARATOR = "\n"
+CANON_DESIGN_PROMPT = ("Which part of the Bible is this verse from: law, "
+                       "history, wisdom, prophets, gospels, letters or "
+                       "apocalypse? Verse:")
 CANON_TASK = "bible_canon"
 PARAPHRASE_TASKS = {f"bible_paraphrase_{t}": t for t in TESTAMENTS}
 RANK_SUFFIX = "_rank"
@@ -210,6 +227,20 @@ def msp_es_en_format(dataset: tf.data.Dataset) -> tf.data.Dataset:
                      num_parallel_calls=tf.data.AUTOTUNE)
 
 
+def en_es_design_format(dataset: tf.data.Dataset) -> tf.data.Dataset:
+  """{"en", "es"} -> {"inputs": "<en>\\n", "targets": <es>}."""
+  return dataset.map(
+      lambda ex: {"inputs": ex["en"] + DESIGN_SEPARATOR, "targets": ex["es"]},
+      num_parallel_calls=tf.data.AUTOTUNE)
+
+
+@seqio.map_over_dataset
+def canon_design_format(x: Mapping[str, tf.Tensor]) -> dict[str, tf.Tensor]:
+  """The verse after CANON_DESIGN_PROMPT."""
+  return {**x, "inputs": tf.strings.join([CANON_DESIGN_PROMPT, x["inputs"]],
+                                         separator=" ")}
+
+
 @seqio.map_over_dataset
 def paraphrase_format(x: Mapping[str, tf.Tensor]) -> dict[str, tf.Tensor]:
   """MRPC's taskless T5 format (glue.py's `glue_text` without the name
@@ -275,6 +306,16 @@ def register() -> tuple[str, ...]:
   names = [MSP_ES_EN_TASK]
   names += _add_classification(CANON_TASK, _canon_dataset, [], CANON_LABELS,
                                CANON_METRICS)
+  _add(TRANSLATION_DESIGN_TASK, _translation_dataset, RANK_SPLITS,
+       NUM_EXAMPLES[MSP_ES_EN_TASK], [en_es_design_format], None,
+       [metrics.bleu, demo.chrf])
+  _add(CANON_DESIGN_TASK, _canon_dataset, RANK_SPLITS,
+       NUM_EXAMPLES[CANON_TASK],
+       [canon_design_format, functools.partial(
+           superglue.rank_classification, label_names=CANON_LABELS)],
+       superglue.rank_classification_postprocessor,
+       [metrics.rank_classification(CANON_METRICS)])
+  names += [TRANSLATION_DESIGN_TASK, CANON_DESIGN_TASK]
   for name, testament in PARAPHRASE_TASKS.items():
     names += _add_classification(name, _paraphrase_dataset(testament),
                                  [paraphrase_format], PARAPHRASE_LABELS,

@@ -179,6 +179,7 @@ def mgpt_separator_id(vocabulary: Optional[seqio.Vocabulary] = None) -> int:
   return vocabulary.vocab_size - 1  # seqio puts extra_id_0 last
 
 
+@gin.configurable  # VOCABULARY = @bible_vocabulary() for class labels.
 @functools.cache
 def bible_vocabulary() -> seqio.Vocabulary:
   """The project's own bases' SentencePiece model + 100 extra ids (8,100

@@ -48,6 +48,7 @@ SOME_BOOKS = {"Genesis": "law", "Deuteronomy": "law", "Joshua": "history",
               "Hebrews": "letters", "Jude": "letters",
               "Revelation of John": "apocalypse"}
 EVAL_SPLITS = ("validation", "test")
+DESIGN = ("bible_en_es_design", "bible_canon_design_rank")
 
 
 def book(ref: str) -> str:
@@ -76,13 +77,16 @@ def _refs(name: str, split: str) -> list[str]:
 
 
 def test_every_task_is_registered_with_the_bible_vocabulary_and_metrics():
-  assert set(bd.NAMES) == {*PLAIN, *RANK, "bible_es_en_msp"}
+  assert set(bd.NAMES) == {*PLAIN, *RANK, *DESIGN, "bible_es_en_msp"}
   vocabulary = vocabularies.bible_vocabulary()
   for name in bd.NAMES:
     task = seqio.get_mixture_or_task(name)
     for feature in ("inputs", "targets"):
       assert task.output_features[feature].vocabulary == vocabulary, name
-    if name in RANK:
+    if name == "bible_en_es_design":  # Nothing trains on prompt design.
+      assert set(task.splits) == set(EVAL_SPLITS)
+      assert task.predict_metric_fns and not task.score_metric_fns
+    elif name in (*RANK, "bible_canon_design_rank"):
       assert set(task.splits) == set(EVAL_SPLITS), name
       assert not task.predict_metric_fns and len(task.score_metric_fns) == 1
     else:
@@ -215,6 +219,28 @@ def test_paraphrase_input_reads_like_mrpc():
   [row] = _rows("bible_paraphrase_ot", "validation", 1)
   assert row["inputs_pretokenized"] == f"sentence1: {web} sentence2: {kjv}"
   assert row["targets_pretokenized"] == label and row["ref1"] == ref1
+
+
+def test_prompt_design_tasks_hold_the_hand_written_prompt():
+  """Translation: the verse, then the newline that hands a bilingual
+  pretraining document over to Spanish, then EOS; canon: the question
+  naming the seven labels before the verse, one row per label."""
+  ref, en, es = demo.verses("validation")[0]
+  [row] = _rows("bible_en_es_design", "validation", 1)
+  assert row["inputs_pretokenized"] == en + "\n"
+  assert row["targets_pretokenized"] == es
+  newline = vocabularies.bible_vocabulary().encode("\n")[-1]
+  assert list(row["inputs"][-2:]) == [newline, 1]
+  labels = LABELS["bible_canon"]
+  plain = _rows("bible_canon", "validation", 1)[0]
+  rows = _rows("bible_canon_design_rank", "validation", len(labels))
+  for word in labels:
+    assert word in bd.CANON_DESIGN_PROMPT
+  assert {r["inputs_pretokenized"] for r in rows} == {
+      f"{bd.CANON_DESIGN_PROMPT} {plain['inputs_pretokenized']}"}
+  assert [r["targets_pretokenized"] for r in rows] == list(labels)
+  assert [r["is_correct"] for r in rows] == [
+      l == plain["targets_pretokenized"] for l in labels]
 
 
 def test_es_en_msp_is_the_demo_pair_reversed():

@@ -130,7 +130,8 @@ def _prompt(params, stage, xp=np):
   or traceable with xp=jnp); a shared prompt is stage 0's for all."""
   phi = params["msp"]["prompts"]
   index = 0 if phi.shape[0] == 1 else stage
-  alpha = params["msp"]["scales"][index]
+  # Without scaled reparameterization there is no alpha: phi itself.
+  alpha = params["msp"]["scales"][index] if "scales" in params["msp"] else 1.0
   if xp is np:
     phi, alpha = np.asarray(phi, np.float64), float(alpha)
   return xp.maximum(alpha, 1.0) * phi[index]
@@ -637,6 +638,40 @@ def test_two_reencoding_stages_each_read_their_own_scale():
                if got.dtype != bool) > 1e-3
 
 
+@pytest.mark.parametrize("name", sorted(CONFIGS))
+def test_no_reencoding_ablation_decodes_from_the_encoding_stage(name):
+  """n = 0 (the paper's "w/o re-encoding"): two stages, and decoding's past
+  is [decoding prompt ; the encoding stage's source states]."""
+  model, params = _model_and_params(name, num_reencoding_stages=0)
+  assert params["msp"]["prompts"].shape == (2,) + PROMPT_SHAPE
+  batch = _batch()
+  valid = batch["encoder_input_tokens"] > 0
+  [kv], logits = _manual(name, 0)(params, batch)
+  states, got = _forward(model)(params, batch)
+  assert len(states) == 1
+  _assert_source_kv_equal(states[0], kv, valid)
+  np.testing.assert_allclose(got, logits, atol=1e-5)
+
+
+def test_no_reparameterization_ablation_uses_phi_itself(gpt2):
+  """scaled_reparameterization=False (the paper's ablation): no alpha
+  parameter, and each stage's prompt is phi as it is."""
+  model, params = _model_and_params("gpt2", scaled_reparameterization=False)
+  assert set(params["msp"]) == {"prompts"}
+  assert msp.MultiStagePrompting(
+      scaled_reparameterization=False).num_params(configs.mgpt()) == (
+          3 * 24 * 2 * 128 * 1024)
+  batch = _batch()
+  _, logits = _manual("gpt2")(params, batch)
+  np.testing.assert_allclose(_logits(model, params, batch), logits,
+                             atol=1e-5)
+  # The same phi with alpha = 2 in the full method differs: alpha mattered.
+  full, _ = gpt2
+  scaled = {**params, "msp": {**params["msp"],
+                              "scales": jnp.full((3,), 2.0)}}
+  assert np.abs(_logits(full, scaled, batch) - logits).max() > 1e-4
+
+
 def test_names_axes_init_and_trainable(gpt2):
   model, _ = gpt2
   boxed = jax.eval_shape(lambda: model.module.init(
@@ -687,8 +722,8 @@ def test_bad_configurations_are_rejected():
     msp.MultiStagePrompting().build_module(CONFIGS["gpt2"])
   with pytest.raises(ValueError, match="length"):
     msp.MultiStagePrompting(length=0)
-  with pytest.raises(ValueError, match="num_reencoding_stages"):
-    msp.MultiStagePrompting(num_reencoding_stages=0)
+  with pytest.raises(ValueError, match="num_reencoding_stages=-1"):
+    msp.MultiStagePrompting(num_reencoding_stages=-1)
 
 
 def test_inputs_longer_than_position_table_are_rejected(gpt2):

@@ -187,3 +187,33 @@ def test_evaluate_and_infer_from_python_read_the_runs_checkpoint(
                pathlib.Path(paths[TASK]).read_text().splitlines()]
   assert ([r["score"] for r in untrained]
           != pytest.approx([r["score"] for r in trained], abs=1e-6))
+
+
+def test_evaluate_the_base_itself_with_no_checkpoint(tiny_base, tmp_path):
+  """CHECKPOINT_PATH=None scores the base as loaded (zero-shot, prompt
+  design); `num_examples` keeps the split's first N. A method with fresh
+  parameters is refused: its untrained prompt would be noise."""
+  mesh = one_device_mesh()
+  model, variables = pt.load_pretrained(tiny_base, config=TINY,
+                                        method=pt.ModelTuning(), mesh=mesh)
+  parts = dict(model=model, params=variables["params"], mesh=mesh,
+               dataset_cfg=VALIDATION)
+  metrics = eval_lib.evaluate(**parts, checkpoint_path=None,
+                              output_dir=str(tmp_path / "eval"),
+                              num_examples=3)
+  assert 0.0 <= metrics[TASK]["sequence_accuracy"] <= 100.0
+  [line] = (tmp_path / "eval" / f"{TASK}-metrics.jsonl").read_text(
+  ).splitlines()
+  assert json.loads(line)["step"] == 0
+  examples = (tmp_path / "eval" / f"{TASK}-000000.jsonl").read_text(
+  ).splitlines()
+  assert len(examples) == 3
+  prompted, prompted_vars = load(tiny_base, mesh)
+  with pytest.raises(ValueError, match="PromptTuning adds untrained"):
+    eval_lib.evaluate(model=prompted, params=prompted_vars, mesh=mesh,
+                      dataset_cfg=VALIDATION, checkpoint_path=None,
+                      output_dir=str(tmp_path / "refused"))
+  with pytest.raises(ValueError, match="num_examples=0 must be >= 1"):
+    eval_lib.evaluate(**parts, checkpoint_path=None, num_examples=0,
+                      output_dir=str(tmp_path / "refused"))
+  assert not (tmp_path / "refused").exists()

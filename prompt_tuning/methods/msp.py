@@ -21,7 +21,9 @@ Prompts use the paper's scaled reparameterization: stage s's prompt is
 max(alpha_s, 1) * phi_s, alpha_s a learned scalar initialised to 1. As in
 the authors' PLM4MT, there are 2 + n stages (encoding, n re-encoding passes,
 decoding), each with its own phi and alpha; with `shared_prompt` every stage
-uses one phi and one alpha.
+uses one phi and one alpha. The paper's two ablations are options: n = 0
+(no re-encoding: decoding reads the encoding stage's states) and
+`scaled_reparameterization=False` (the prompt is phi itself, no alpha).
 
 Masks are causal in every stage, as in the paper, whatever
 `config.prefix_lm` says. A prompt reaches the next stage's keys only from
@@ -101,8 +103,9 @@ def decoding(num_reencoding_stages: int) -> int:
 
 
 class StagePrompts(hooks_lib.MethodHooks):
-  """MSP's parameters: phi [S, layers, 2, P, heads, head_dim] and alpha [S],
-  S = 2 + n stages, or S = 1 shared by all of them. `MspDecoderOnly` drives
+  """MSP's parameters: phi [S, layers, 2, P, heads, head_dim] and alpha [S]
+  (none without scaled reparameterization), S = 2 + n stages, or S = 1
+  shared by all of them. `MspDecoderOnly` drives
   the stages itself, so of the hooks only `init_params` is overridden."""
 
   @nn.compact
@@ -113,9 +116,11 @@ class StagePrompts(hooks_lib.MethodHooks):
         self, "prompts", m.initializer,
         (m.num_stages, cfg.num_decoder_layers, 2, m.length, cfg.num_heads,
          cfg.head_dim), STAGE_PROMPT_AXES)
+    index = 0 if m.num_stages == 1 else stage
+    if not m.scaled_reparameterization:
+      return phi[index]
     alpha = base.method_param(self, "scales", nn.initializers.ones,
                               (m.num_stages,), SCALE_AXES)
-    index = 0 if m.num_stages == 1 else stage
     return jnp.maximum(alpha[index], 1.0) * phi[index]
 
   def init_params(self, embedding: jax.Array) -> None:
@@ -131,7 +136,10 @@ class MultiStagePrompting(base.Method):
   Attributes:
     length: P, prompt slots per layer and stage (the paper uses 128).
     num_reencoding_stages: n, how many re-encoding passes (paper: 1); each
-      has its own prompt and scale.
+      has its own prompt and scale. 0 is the paper's "w/o re-encoding"
+      ablation: decoding reads the encoding stage's source states.
+    scaled_reparameterization: each stage's prompt is max(alpha, 1) * phi
+      (the paper's); False: phi alone, no alpha (its ablation).
     shared_prompt: one phi and one alpha for all 2 + n stages (PLM4MT's
       `share_prompt`).
     separator_id: the token that starts the target (stage 3's first input
@@ -143,6 +151,7 @@ class MultiStagePrompting(base.Method):
 
   length: int = 128
   num_reencoding_stages: int = 1
+  scaled_reparameterization: bool = True
   shared_prompt: bool = False
   separator_id: int = MGPT_SEPARATOR_ID
   initializer: initializers.Initializer = (
@@ -160,10 +169,10 @@ class MultiStagePrompting(base.Method):
     if self.length < 1:
       raise ValueError(f"MultiStagePrompting length={self.length} must be "
                        ">= 1.")
-    if self.num_reencoding_stages < 1:
+    if self.num_reencoding_stages < 0:
       raise ValueError(
-          f"num_reencoding_stages={self.num_reencoding_stages} must be >= 1 "
-          "(MSP re-encodes the source at least once).")
+          f"num_reencoding_stages={self.num_reencoding_stages} must be >= 0 "
+          "(0: no re-encoding, the paper's ablation; 1: the paper's MSP).")
     if self.separator_id < 0:
       raise ValueError(f"separator_id={self.separator_id} must be a token id "
                        ">= 0.")
