@@ -59,7 +59,11 @@ TEST_REQUIRES = [
     "transformers>=5.0,<5.24",
     "peft>=0.21.0,<0.22",
     "safetensors>=0.8.0,<0.9",  # transformers 5.23 needs >=0.8.0.
-    "matplotlib>=3.8,<4",  # The experiments' figures.
+    "matplotlib>=3.8,<4",  # The experiments' figures and the notebook's.
+    # The suite executes notebooks/quickstart.ipynb.
+    "nbclient>=0.10,<0.12",
+    "nbformat>=5.9,<6",
+    "ipykernel>=6.29,<8",
 ]
 
 setuptools.setup(

@@ -58,20 +58,34 @@ class MetricWriters:
     self._writers.clear()
 
 
+def in_notebook() -> bool:
+  """True inside a Jupyter / Colab kernel (whose output is no TTY, but
+  renders tqdm.auto's widget bar)."""
+  shell = sys.modules.get("IPython")
+  ipython = shell.get_ipython() if shell is not None else None
+  return ipython is not None and hasattr(ipython, "kernel")
+
+
 class Progress:
-  """A tqdm bar on a TTY; otherwise a log line every `log_period` steps."""
+  """A tqdm bar on a TTY or in a notebook; otherwise a log line every
+  `log_period` steps."""
 
   def __init__(self, total: int, initial: int, log_period: int,
                stream=None):
     self.stream = stream or sys.stderr
     self.total = total
     self.log_period = max(1, log_period)
-    self.tty = self.stream.isatty() and jax.process_index() == 0
+    notebook = in_notebook()
+    self.tty = (self.stream.isatty() or notebook) and (
+        jax.process_index() == 0)
     self._bar = None
     if self.tty:
       from tqdm import auto  # pylint: disable=g-import-not-at-top
+      # A notebook without ipywidgets gets a text bar: redrawn at most once
+      # a second, or its cell output would hold one line per step.
       self._bar = auto.tqdm(total=total, initial=initial, unit="step",
-                            file=self.stream, dynamic_ncols=True)
+                            file=self.stream, dynamic_ncols=True,
+                            mininterval=1.0 if notebook else 0.1)
 
   def update(self, step: int, loss: float, learning_rate: Optional[float],
              examples_per_sec: float) -> None:
@@ -79,8 +93,8 @@ class Progress:
     if learning_rate is not None:
       fields["lr"] = f"{learning_rate:.3g}"
     if self._bar is not None:
-      self._bar.n = step
-      self._bar.set_postfix(fields, refresh=True)
+      self._bar.set_postfix(fields, refresh=False)
+      self._bar.update(step - self._bar.n)  # Redraws every mininterval.
     elif (step % self.log_period == 0 or step == self.total) and (
         jax.process_index() == 0):
       text = "  ".join(f"{k} {v}" for k, v in fields.items())
