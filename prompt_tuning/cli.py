@@ -8,13 +8,20 @@ logs as it loads; then it runs the binary's `console_main`.
 from __future__ import annotations
 
 import importlib
+import sys
 
 from prompt_tuning import console
 
 
 def _run(module: str) -> None:
   console.filter_native_logs()
-  importlib.import_module(f"prompt_tuning.{module}").console_main()
+  try:
+    main = importlib.import_module(f"prompt_tuning.{module}").console_main
+  except KeyboardInterrupt:  # Ctrl-C while TensorFlow and JAX load.
+    sys.stderr.write(f"prompt_tuning.{module}: interrupted while starting; "
+                     "nothing was written.\n")
+    raise SystemExit(130) from None
+  main()
 
 
 def train() -> None:

@@ -52,6 +52,34 @@ class DatasetConfig:
   pack: bool = False
   module: Optional[str] = None  # Imported first: it registers the task.
 
+  def __post_init__(self):
+    """Bad values fail here, with the gin name to fix, before anything
+    reads data or writes files."""
+    if not isinstance(self.mixture_or_task_name, str) or not (
+        self.mixture_or_task_name):
+      raise ValueError(
+          f"MIXTURE_OR_TASK_NAME={self.mixture_or_task_name!r} must be a "
+          "task or mixture name, e.g. --gin.MIXTURE_OR_TASK_NAME=\"'my_task'\"")
+    lengths = self.task_feature_lengths
+    if not isinstance(lengths, Mapping) or not lengths or not all(
+        isinstance(k, str) and _positive_int(v) for k, v in lengths.items()):
+      raise ValueError(
+          f"TASK_FEATURE_LENGTHS={lengths!r} must map each feature to a "
+          "positive length, e.g. --gin.TASK_FEATURE_LENGTHS=\"{'inputs': 512, "
+          "'targets': 8}\"")
+    if not _positive_int(self.batch_size):
+      raise ValueError(
+          f"BATCH_SIZE={self.batch_size!r} must be a whole number >= 1 (the "
+          "global batch size), e.g. --gin.BATCH_SIZE=32")
+    if not isinstance(self.split, str) or not self.split:
+      raise ValueError(f"DatasetConfig.split={self.split!r} must be a split "
+                       "name such as 'train' or 'validation'")
+
+
+def _positive_int(value: Any) -> bool:
+  return isinstance(value, (int, np.integer)) and not isinstance(
+      value, bool) and value >= 1
+
 
 def _hide_accelerators_from_tensorflow() -> None:
   """The input pipeline runs on the host; without this, TensorFlow would

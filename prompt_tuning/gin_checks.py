@@ -225,6 +225,25 @@ def unset(sources: list[Source], resolve: Resolver) -> list[Unset]:
           if isinstance(s.value, _Macro) and s.value.name == _REQUIRED]
 
 
+def unread_macros(sources: list[Source], resolve: Resolver
+                  ) -> list[tuple[str, list[str]]]:
+  """Macros a --gin binding sets that no binding's final value reads (a
+  typo such as TRAIN_STEP for TRAIN_STEPS is accepted by gin and has no
+  effect), each with the macros that are read, for "did you mean"."""
+  final: dict[tuple, config_parser.BindingStatement] = {}
+  set_on_command_line: list[str] = []
+  for source in sources:
+    for src, statement in _statements(source, resolve):
+      if isinstance(statement, config_parser.BindingStatement):
+        final[_key(statement)] = statement
+        if src.path is None and not statement.arg_name:
+          set_on_command_line.append(statement.selector)
+  read = {value.name for statement in final.values()
+          for value in _values(statement.value) if isinstance(value, _Macro)}
+  return [(name, sorted(read)) for name in dict.fromkeys(set_on_command_line)
+          if name not in read]
+
+
 def _is_set(macro_name: str) -> bool:
   """Whether a macro, or a gin constant of that name, has a value."""
   for key in (f"{macro_name}/gin.macro.value", macro_name):

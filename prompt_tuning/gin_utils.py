@@ -86,6 +86,17 @@ class UsageError(Exception):
     self.message = message
 
 
+class Interrupted(KeyboardInterrupt):
+  """Ctrl-C or SIGTERM stopped a binary; `message` says where and how to
+  resume. `run` prints it as one line and exits with `exit_code` (130 for
+  SIGINT, 143 for SIGTERM, the shells' 128 + signal number)."""
+
+  def __init__(self, message: str, exit_code: int = 130):
+    super().__init__(message)
+    self.message = message
+    self.exit_code = exit_code
+
+
 @dataclasses.dataclass(frozen=True)
 class Flags:
   """The parsed command line (T5X flag names)."""
@@ -390,6 +401,7 @@ def parse_gin(gin_files: Sequence[str], gin_bindings: Sequence[str],
                        f" {_describe(e, source, include, binding)}") from e
     sources.append(source)
   _check_unset(gin_checks.unset(sources, include))
+  _check_unread(gin_checks.unread_macros(sources, include))
   try:
     with gin.unlock_config():  # Run finalize's checks, leave it unlocked.
       gin.finalize()
@@ -481,6 +493,14 @@ def run(main_fn: Callable[[], Any],
     message = getattr(e, "message", None) or str(e)
     sys.stderr.write(f"{prog}: error: {_one_line(message)}\n")
     raise SystemExit(USAGE_EXIT_CODE) from e
+  except KeyboardInterrupt as e:
+    # Ctrl-C: one line, not a traceback. What was committed stays (checkpoints
+    # and exports are written whole or not at all).
+    message = getattr(e, "message", None) or (
+        "interrupted; files already saved are intact: rerun the same command "
+        "to resume.")
+    sys.stderr.write(f"{prog}: {message}\n")
+    raise SystemExit(getattr(e, "exit_code", 130)) from None
   except INPUT_ERRORS as e:
     # Bad input found while running (a missing checkpoint, an unknown task,
     # a prompt of the wrong shape, a NaN loss): one line, not a traceback.
@@ -541,6 +561,19 @@ def _check_unset(unset: list[gin_checks.Unset]) -> None:
                      f" {_macro_hint(first.name)}")
   raise UsageError(f"{first.name} is required (%gin.REQUIRED): set it with"
                    f" --gin.{first.name}=VALUE or in a --gin_file")
+
+
+def _check_unread(unread: list[tuple[str, list[str]]]) -> None:
+  """Fails on the first macro set with --gin.NAME that nothing reads."""
+  if not unread:
+    return
+  name, read = unread[0]
+  guess = difflib.get_close_matches(name, read, n=1, cutoff=0.6)
+  raise UsageError(
+      f"macro {name} is set but no binding reads it, so it would have no "
+      "effect: " + (f"did you mean --gin.{guess[0]}?" if guess else
+                    "check its name (macros are UPPER_CASE, e.g. "
+                    "--gin.TRAIN_STEPS=100) or the gin files given"))
 
 
 def _macro_hint(name: str) -> str:

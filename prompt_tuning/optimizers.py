@@ -11,11 +11,14 @@ Both keep their hyper-parameters in the optimizer state
 
 from __future__ import annotations
 
+import logging
+import math
 from typing import Optional
 
 import gin
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 
@@ -50,6 +53,60 @@ def rsqrt_decay(base_learning_rate: float = 1.0,
   return schedule
 
 
+# The largest learning rate accepted: far above any the papers use (0.3
+# for prompts, 1e-3 for model tuning), far below what only blows a prompt
+# up (1e30 trains silently to prompt values of 1e30).
+MAX_LEARNING_RATE = 100.0
+
+
+def check_learning_rate(value, name: str) -> None:
+  """A learning rate (or a schedule's peak) must be finite, > 0 and at most
+  MAX_LEARNING_RATE; schedules given as functions are not checked."""
+  if callable(value):
+    return
+  if isinstance(value, bool) or not isinstance(value, (int, float)):
+    raise ValueError(f"{name}={value!r} must be a number, e.g. "
+                     f"--gin.{name}=0.3.")
+  if not math.isfinite(value) or not 0 < value <= MAX_LEARNING_RATE:
+    raise ValueError(
+        f"{name}={value!r} is not a usable learning rate: it must be finite "
+        f"and in (0, {MAX_LEARNING_RATE:g}] (prompt tuning uses 0.3 with "
+        "Adafactor, model tuning 1e-3).")
+
+
+def with_current_hyperparams(restored, fresh):
+  """A restored optimizer state whose hyper-parameters (`inject_hyperparams`:
+  the learning rate) are this run's, not the checkpoint's: a changed
+  learning rate on resume takes effect (with a warning) instead of being
+  silently replaced by the saved one. Works on a TrainState or any
+  optimizer-state tree."""
+  if hasattr(restored, "opt_state") and hasattr(fresh, "opt_state"):
+    return restored.replace(opt_state=with_current_hyperparams(
+        restored.opt_state, fresh.opt_state))
+  if hasattr(restored, "hyperparams") and hasattr(fresh, "hyperparams"):
+    for key, now in fresh.hyperparams.items():
+      before = restored.hyperparams.get(key)
+      if before is not None and not np.allclose(np.asarray(before),
+                                                np.asarray(now)):
+        logging.warning("%s changed on resume: %s in the checkpoint, %s now; "
+                        "using %s.", key, np.asarray(before).item(),
+                        np.asarray(now).item(), np.asarray(now).item())
+    return restored._replace(
+        hyperparams=dict(fresh.hyperparams),
+        inner_state=with_current_hyperparams(restored.inner_state,
+                                             fresh.inner_state))
+  if isinstance(restored, tuple) and hasattr(restored, "_fields"):
+    return type(restored)(*(with_current_hyperparams(r, f)
+                            for r, f in zip(restored, fresh)))
+  if isinstance(restored, (tuple, list)) and len(restored) == len(fresh):
+    return type(restored)(with_current_hyperparams(r, f)
+                          for r, f in zip(restored, fresh))
+  if isinstance(restored, dict) and isinstance(fresh, dict):
+    return {k: with_current_hyperparams(v, fresh.get(k, v))
+            for k, v in restored.items()}
+  return restored
+
+
 @gin.configurable
 def adafactor(learning_rate: float = 0.3, decay_rate: float = 0.8,
               multiply_by_parameter_scale: bool = False,
@@ -58,6 +115,7 @@ def adafactor(learning_rate: float = 0.3, decay_rate: float = 0.8,
               min_dim_size_to_factor: int = 128
               ) -> optax.GradientTransformation:
   """Adafactor with prompt tuning's defaults (constant learning rate)."""
+  check_learning_rate(learning_rate, "adafactor.learning_rate")
   # Only the learning rate is a traced hyper-parameter; the rest steer
   # Python control flow (e.g. which dims to factor) and must stay static.
   return optax.inject_hyperparams(
@@ -76,6 +134,7 @@ def adam(learning_rate: float = 7e-4, b1: float = 0.9, b2: float = 0.98,
          eps: float = 1e-9, warmup_steps: Optional[int] = 4000,
          weight_decay: float = 0.0) -> optax.GradientTransformation:
   """Adam(W) with MSP's defaults; warmup_steps None keeps lr constant."""
+  check_learning_rate(learning_rate, "adam.learning_rate")
   lr = (learning_rate if warmup_steps is None
         else rsqrt_schedule(learning_rate, warmup_steps))
   return optax.inject_hyperparams(optax.adamw)(

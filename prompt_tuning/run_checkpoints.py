@@ -17,11 +17,13 @@ Eval and infer restore the `params` item alone.
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import shutil
 from typing import Any, Optional
 
+import flax
 import jax
 import orbax.checkpoint as ocp
 
@@ -56,6 +58,7 @@ class RunCheckpoints:
       raise ValueError(f"keep_checkpoints={keep} must be >= 1 (or None to "
                        "keep all).")
     self.model_dir = os.path.abspath(model_dir)
+    self._keep = keep
     self._manager = _manager(self.model_dir, keep)
 
   def latest_step(self) -> Optional[int]:
@@ -107,8 +110,124 @@ class RunCheckpoints:
         params=restored.params, opt_state=restored.opt_state)
     return state, dict(restored.run)
 
+  def restore_newest_intact(self, abstract: train_step.TrainState
+                            ) -> tuple[train_step.TrainState, dict[str, Any]]:
+    """The newest checkpoint that restores. One that does not (its files
+    truncated or damaged after the commit) is renamed to
+    `checkpoint_<step>.corrupt` (kept, never deleted) with a warning, and
+    the next older one is tried.
+
+    Raises:
+      ValueError: no checkpoint restores.
+    """
+    for step in sorted(self.all_steps(), reverse=True):
+      try:
+        return self.restore(abstract, step)
+      except Exception as e:  # pylint: disable=broad-except
+        # Orbax/TensorStore raise many types for damaged files.
+        kept = _set_aside(self.checkpoint_dir(step))
+        logging.warning(
+            "checkpoint_%d in %s cannot be read (%s); kept as %s, resuming "
+            "from the previous checkpoint.", step, self.model_dir,
+            _first_line(e), os.path.basename(kept))
+        self._manager.close()
+        self._manager = _manager(self.model_dir, self._keep)
+    raise ValueError(
+        f"no checkpoint in MODEL_DIR {self.model_dir!r} can be read (each "
+        "was set aside as checkpoint_<step>.corrupt); use a new MODEL_DIR or "
+        "restore the files.")
+
+  def write_missing_exports(self, abstract_params: Any, model: Any,
+                            frozen: Any) -> list[int]:
+    """Writes the `.npy` export of every committed checkpoint that lacks
+    one (a kill between a checkpoint's commit and its export); returns
+    those steps."""
+    if not exportable(model) or jax.process_index() != 0:
+      return []
+    missing = [s for s in self.all_steps()
+               if not os.path.isdir(self.numpy_dir(s))]
+    for step in missing:
+      restored = self._manager.restore(step, args=ocp.args.Composite(
+          params=ocp.args.StandardRestore(abstract_params)))
+      params = jax.device_get(param_split.merge(restored.params,
+                                                frozen or {}))
+      export.export_prompt(params, self.numpy_dir(step), model=model)
+    return missing
+
   def close(self) -> None:
     self._manager.close()
+
+
+def _first_line(error: BaseException) -> str:
+  return (str(error).strip().splitlines() or [type(error).__name__])[0]
+
+
+def _set_aside(path: str) -> str:
+  """Renames a damaged checkpoint out of Orbax's sight, keeping its files."""
+  target, n = f"{path}.corrupt", 1
+  while os.path.exists(target):
+    n += 1
+    target = f"{path}.corrupt{n}"
+  os.rename(path, target)
+  return target
+
+
+def committed_steps(model_dir: str) -> list[int]:
+  """The steps of MODEL_DIR's committed checkpoints; creates nothing."""
+  if not os.path.isdir(model_dir):
+    return []
+  return sorted(_manager(model_dir, create=False).all_steps())
+
+
+def saved_shapes(model_dir: str, step: int) -> Optional[dict[str, tuple]]:
+  """{"/"-joined name: shape} of a checkpoint's trainable params, from its
+  metadata alone; None when the metadata cannot be read (damaged)."""
+  path = os.path.join(os.path.abspath(model_dir), f"{STEP_PREFIX}_{step}",
+                      "params")
+  try:
+    tree = ocp.StandardCheckpointer().metadata(path).item_metadata.tree
+  except Exception:  # pylint: disable=broad-except
+    return None
+  return shapes(tree)
+
+
+def shapes(tree: Any) -> dict[str, tuple]:
+  """{"/"-joined name: shape} of a params tree (arrays or their metadata)."""
+  flat = flax.traverse_util.flatten_dict(dict(tree), sep="/")
+  return {name: tuple(leaf.shape) for name, leaf in flat.items()}
+
+
+def check_resumable(model_dir: str, total_steps: int,
+                    expected: dict[str, tuple], method: str) -> None:
+  """Refuses, before anything is written, a MODEL_DIR whose newest
+  checkpoint this run cannot continue: past TRAIN_STEPS, or other trainable
+  parameters (another METHOD, PROMPT_LENGTH or base width)."""
+  steps = committed_steps(model_dir)
+  if not steps:
+    return
+  newest = steps[-1]
+  if newest > total_steps:
+    raise ValueError(
+        f"MODEL_DIR {model_dir!r} already holds checkpoint_{newest}, past "
+        f"TRAIN_STEPS={total_steps}; raise TRAIN_STEPS to continue that run, "
+        "or use a new MODEL_DIR (nothing was written).")
+  saved = saved_shapes(model_dir, newest)
+  if saved is None:
+    return  # Damaged: restore_newest_intact sets it aside.
+  if set(saved) != set(expected):
+    raise ValueError(
+        f"MODEL_DIR {model_dir!r} holds a run training "
+        f"{sorted(saved)}, but this run's METHOD ({method}) trains "
+        f"{sorted(expected)}; use a new MODEL_DIR for another method "
+        "(nothing was written).")
+  for name, shape in saved.items():
+    if tuple(expected[name]) != shape:
+      raise ValueError(
+          f"MODEL_DIR {model_dir!r} holds {name} of shape {shape} "
+          f"(checkpoint_{newest}), but this run's is "
+          f"{tuple(expected[name])}: PROMPT_LENGTH, the method's options or "
+          "the base changed; use the run's settings or a new MODEL_DIR "
+          "(nothing was written).")
 
 
 def find_checkpoint(path: str) -> tuple[str, int]:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
+import tempfile
 from typing import Any, Optional
 
 import gin
@@ -26,6 +27,7 @@ from prompt_tuning import model_wrappers
 from prompt_tuning import partitioning
 from prompt_tuning import run_checkpoints
 from prompt_tuning import param_split
+from prompt_tuning import remote
 from prompt_tuning.checkpoints import loader
 from prompt_tuning.methods import soft_prompt as prompt_lib
 
@@ -164,6 +166,7 @@ def load_trained(model: model_wrappers.BaseModel, params: Params,
           f"({model.method.param_scope}/...); use methods/model_tuning.gin "
           "for the base alone, or point CHECKPOINT_PATH at a trained run.")
     return params, "base"
+  remote.check_reachable(checkpoint_path, "CHECKPOINT_PATH")
   if is_prompt_file(checkpoint_path):
     return _with_prompt_file(model, params, checkpoint_path), (
         os.path.splitext(os.path.basename(checkpoint_path))[0])
@@ -214,10 +217,39 @@ def check_output_dir(output_dir: str, macro: str) -> None:
   if not output_dir:
     raise ValueError(
         f"{macro} is not set; set --gin.{macro}=\"'/path/to/dir'\".")
-  if os.path.exists(output_dir) and not os.path.isdir(output_dir):
+  check_writable_dir(output_dir, macro)
+
+
+def check_writable_dir(path: str, macro: str) -> None:
+  """Fails unless `path` is (or can be created as) a directory we can write:
+  a file in the way, a read-only or immutable folder, or a folder we lack
+  permission for, found before any work is done. Remote paths (gs://...)
+  are left to their file system."""
+  if "://" in path:
+    remote.check_reachable(path, macro)
+    return
+  path = os.path.abspath(os.path.expanduser(path))
+  if os.path.exists(path) and not os.path.isdir(path):
     raise ValueError(
-        f"{macro} {output_dir!r} is a file, not a directory; point it at a "
+        f"{macro} {path!r} is a file, not a directory; point it at a "
         "directory (it is created if missing).")
+  probe_in = path
+  while not os.path.exists(probe_in):
+    parent = os.path.dirname(probe_in)
+    if parent == probe_in:
+      break
+    probe_in = parent
+  if not os.path.isdir(probe_in):
+    raise ValueError(f"{macro} {path!r} cannot be created: {probe_in!r} is a "
+                     "file; choose another directory.")
+  try:  # os.access misses read-only mounts and immutable folders.
+    fd, probe = tempfile.mkstemp(prefix=".write_probe.", dir=probe_in)
+    os.close(fd)
+    os.remove(probe)
+  except OSError as e:
+    raise ValueError(
+        f"{macro} {path!r} is not writable ({probe_in!r}: "
+        f"{e.strerror or e}); choose a directory you can write.") from e
 
 
 def load_trained_model(dataset_cfg: data.DatasetConfig,

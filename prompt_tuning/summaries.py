@@ -17,7 +17,40 @@ from typing import Any, Mapping, Optional, Sequence
 
 import jax
 
+from prompt_tuning import files
 from prompt_tuning import param_split
+
+
+def truncate_metrics(model_dir: str, step: int) -> None:
+  """Drops the JSON-lines rows after `step` (and any half-written line)
+  from a run's metric files: `<kind>/metrics.jsonl` and
+  `inference_eval/<task>-metrics.jsonl`. A resumed run logs those steps
+  again, so each step stays once. Process 0 only; each file is replaced
+  atomically."""
+  if jax.process_index() != 0 or not os.path.isdir(model_dir):
+    return
+  for kind in sorted(os.listdir(model_dir)):
+    folder = os.path.join(model_dir, kind)
+    if not os.path.isdir(folder):
+      continue
+    for name in sorted(os.listdir(folder)):
+      if name == "metrics.jsonl" or name.endswith("-metrics.jsonl"):
+        _keep_rows_up_to(os.path.join(folder, name), step)
+
+
+def _keep_rows_up_to(path: str, step: int) -> None:
+  with open(path, encoding="utf-8") as f:
+    lines = f.read().splitlines()
+  kept = []
+  for line in lines:
+    try:
+      row = json.loads(line)
+    except json.JSONDecodeError:
+      continue  # Cut off by a kill mid-write.
+    if isinstance(row, dict) and int(row.get("step", 0)) <= step:
+      kept.append(line)
+  if kept != lines:
+    files.write_atomic(path, "".join(line + "\n" for line in kept))
 
 
 class MetricWriters:

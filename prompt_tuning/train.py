@@ -36,8 +36,11 @@ if __name__ == "__main__":
   raise SystemExit(0)
 
 import dataclasses
+import itertools
 import json
 import os
+import signal
+import threading
 from typing import Any, Optional
 
 import gin
@@ -58,14 +61,24 @@ from prompt_tuning import param_split
 from prompt_tuning import train_step
 
 MODEL_INFO_FILE = "model_info.json"
+# Counts train() takes where None means "all" / "none".
+_OPTIONAL_COUNTS = ("eval_steps", "keep_checkpoints", "infer_eval_examples")
+
+
+def _whole(value: Any) -> bool:
+  return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _check_steps(total_steps: int, **periods: int) -> None:
-  if total_steps < 1:
-    raise ValueError(f"TRAIN_STEPS={total_steps} must be >= 1.")
+  if not _whole(total_steps) or total_steps < 1:
+    raise ValueError(f"TRAIN_STEPS={total_steps!r} must be a whole number "
+                     ">= 1, e.g. --gin.TRAIN_STEPS=1000.")
   for name, value in periods.items():
-    if value < 1:
-      raise ValueError(f"train.{name}={value} must be >= 1.")
+    if value is None and name in _OPTIONAL_COUNTS:
+      continue
+    if not _whole(value) or value < 1:
+      raise ValueError(f"train.{name}={value!r} must be a whole number >= 1"
+                       + (" (or None)." if name in _OPTIONAL_COUNTS else "."))
 
 
 def _abstract(tree: Any) -> Any:
@@ -116,6 +129,37 @@ class _PeriodMetrics:
 
 # The parts are objects a Python caller hands over, never gin values: kept
 # out of gin so the command line's operative config.gin stays as it was.
+def _check_model_dir(model_dir: Any) -> None:
+  """MODEL_DIR must be a directory we can create and write, checked before
+  anything is written (the nearest existing folder is probed)."""
+  if not isinstance(model_dir, (str, os.PathLike)) or not str(model_dir):
+    raise ValueError(f"MODEL_DIR={model_dir!r} must be a directory path, "
+                     "e.g. --gin.MODEL_DIR=\"'/tmp/run'\".")
+  runtime.check_writable_dir(os.fspath(model_dir), "MODEL_DIR")
+
+
+class _SigtermFlag:
+  """Within the block, SIGTERM sets `raised` instead of killing the process
+  (main thread only; elsewhere the default handling stays)."""
+
+  def __init__(self):
+    self.raised = False
+    self._previous = None
+
+  def _handle(self, signum, frame):
+    del signum, frame
+    self.raised = True
+
+  def __enter__(self):
+    if threading.current_thread() is threading.main_thread():
+      self._previous = signal.signal(signal.SIGTERM, self._handle)
+    return self
+
+  def __exit__(self, *exc):
+    if self._previous is not None:
+      signal.signal(signal.SIGTERM, self._previous)
+
+
 @gin.configurable(denylist=["model", "params", "mesh"])
 def train(*, model: Optional[model_wrappers.BaseModel] = None,
           params: Optional[Any] = None, mesh: Optional[Mesh] = None,
@@ -169,7 +213,11 @@ def train(*, model: Optional[model_wrappers.BaseModel] = None,
       after training.
   """
   _check_steps(total_steps, eval_period=eval_period,
-               checkpoint_period=checkpoint_period, log_period=log_period)
+               checkpoint_period=checkpoint_period, log_period=log_period,
+               eval_steps=eval_steps, keep_checkpoints=keep_checkpoints,
+               num_microbatches=num_microbatches,
+               infer_eval_examples=infer_eval_examples)
+  _check_model_dir(model_dir)
   # Everything that can reject the input happens before MODEL_DIR is touched.
   mesh, model, params = runtime.resolve_parts(model, params, mesh)
   if train_dataset_cfg.shuffle and train_dataset_cfg.seed is None:
@@ -182,15 +230,36 @@ def train(*, model: Optional[model_wrappers.BaseModel] = None,
   state, frozen = train_step.init_state(model, params, optimizer)
   del params
   base = model.base_path
+  run_checkpoints.check_resumable(
+      model_dir, total_steps, run_checkpoints.shapes(state.params),
+      type(model.method).__name__ if model.method else "no method")
+  # The first batch is read before MODEL_DIR is touched: an empty task (or
+  # one whose every example is filtered out) fails here.
+  committed = run_checkpoints.committed_steps(model_dir)
+  skip = committed[-1] if committed else 0
+  batches = data.iterate(train_ds, skip=skip)
+  first_batch = next(batches, None)
+  if first_batch is None:
+    raise ValueError(
+        f"task {train_dataset_cfg.mixture_or_task_name!r} gives no "
+        f"{train_dataset_cfg.split!r} examples: its data is empty, or "
+        "every example was filtered out; check the task's source files and "
+        "preprocessors (nothing was written).")
   os.makedirs(model_dir, exist_ok=True)
   checkpoints = run_checkpoints.RunCheckpoints(model_dir, keep_checkpoints)
   if checkpoints.latest_step() is not None:
-    state, info = checkpoints.restore(_abstract(state))
+    fresh = state
+    state, info = checkpoints.restore_newest_intact(_abstract(state))
     if info.get("initial_checkpoint_path") not in (None, base):
       raise ValueError(
           f"MODEL_DIR {model_dir!r} holds a run on the base "
           f"{info['initial_checkpoint_path']!r}, not INITIAL_CHECKPOINT_PATH "
           f"{base!r}; use a new MODEL_DIR for a new base.")
+    state = optimizers.with_current_hyperparams(state, fresh)
+    checkpoints.write_missing_exports(_abstract(state.params), model, frozen)
+    # Rows past the restored step were logged before the run was killed and
+    # are logged again now: each step is kept once.
+    summaries.truncate_metrics(model_dir, int(state.step))
   start = int(state.step)
 
   rows = summaries.start_rows(model, state.params, frozen, mesh)
@@ -214,7 +283,10 @@ def train(*, model: Optional[model_wrappers.BaseModel] = None,
                                     mesh=mesh)
   dropout_key = (jax.random.PRNGKey(random_seed)
                  if model.config.dropout_rate > 0 else None)
-  batches = data.iterate(train_ds, skip=start)
+  if start == skip:
+    batches = itertools.chain([first_batch], batches)
+  else:  # Resumed from an older checkpoint: the newest could not be read.
+    batches = data.iterate(train_ds, skip=start)
   writers = summaries.MetricWriters(model_dir)
   progress = summaries.Progress(total_steps, start, log_period)
   throughput = summaries.Throughput(train_dataset_cfg.batch_size)
@@ -256,34 +328,62 @@ def train(*, model: Optional[model_wrappers.BaseModel] = None,
       period.reset()
       throughput.reset()
 
+  def save(step: int) -> None:
+    checkpoints.save(state, {"initial_checkpoint_path": base,
+                             "data_position": step},
+                     model=model, frozen=frozen)
+
+  step = start
   try:
-    for step in range(start + 1, total_steps + 1):
-      batch = data.to_global(next(batches), mesh)
-      rng = (None if dropout_key is None
-             else jax.random.fold_in(dropout_key, step))
-      state, metrics = step_fn(state, frozen, batch, rng)
-      if pending is not None:
-        record(*pending)
-      pending = (step, metrics)
-      if step % checkpoint_period == 0 or step == total_steps:
-        record(*pending)
-        pending = None
-        checkpoints.save(state, {"initial_checkpoint_path": base,
-                                 "data_position": step},
-                         model=model, frozen=frozen)
-      if step % eval_period == 0 or step == total_steps:
+    with _SigtermFlag() as sigterm:
+      for step in range(start + 1, total_steps + 1):
+        batch = data.to_global(next(batches), mesh)
+        rng = (None if dropout_key is None
+               else jax.random.fold_in(dropout_key, step))
+        state, metrics = step_fn(state, frozen, batch, rng)
         if pending is not None:
           record(*pending)
+        pending = (step, metrics)
+        if step % checkpoint_period == 0 or step == total_steps:
+          record(*pending)
           pending = None
-        params = param_split.merge(state.params, frozen)
-        if train_eval_dataset_cfg is not None:
-          scalars = evaluation.training_eval(
-              model, params, train_eval_dataset_cfg, mesh, eval_steps)
-          writers.write("training_eval", step, scalars)
-          last["training_eval"] = scalars
-        if infer_eval_dataset_cfg is not None:
-          last["inference_eval"] = inference_eval(step)
+          save(step)
+        if step % eval_period == 0 or step == total_steps:
+          if pending is not None:
+            record(*pending)
+            pending = None
+          params = param_split.merge(state.params, frozen)
+          if train_eval_dataset_cfg is not None:
+            scalars = evaluation.training_eval(
+                model, params, train_eval_dataset_cfg, mesh, eval_steps)
+            writers.write("training_eval", step, scalars)
+            last["training_eval"] = scalars
+          if infer_eval_dataset_cfg is not None:
+            last["inference_eval"] = inference_eval(step)
+        if sigterm.raised and step < total_steps:
+          # Preemption (TPU VMs get SIGTERM): a checkpoint of this step is
+          # cheap next to the steps a restart would redo.
+          if pending is not None:
+            record(*pending)
+            pending = None
+          if step % checkpoint_period != 0:
+            save(step)
+          raise gin_utils.Interrupted(
+              f"stopped by SIGTERM at step {step}: saved checkpoint_{step} "
+              f"in {os.path.abspath(model_dir)}; rerun the same command to "
+              "resume from it.", exit_code=143)
     saved_steps = checkpoints.all_steps()
+  except KeyboardInterrupt as e:
+    if isinstance(e, gin_utils.Interrupted):
+      raise
+    saved = checkpoints.all_steps()
+    raise gin_utils.Interrupted(
+        f"interrupted at step {step}; "
+        + (f"the newest checkpoint is checkpoint_{max(saved)} in "
+           f"{os.path.abspath(model_dir)}: rerun the same command to resume "
+           "from it." if saved else
+           "no checkpoint was saved yet: rerun the same command to start "
+           "again.")) from e
   finally:
     progress.close()
     writers.close()
@@ -302,6 +402,11 @@ def train(*, model: Optional[model_wrappers.BaseModel] = None,
         else:
           end[f"{kind} {task}"] = summaries.format_metrics(metrics)
     else:
+      if kind == "train" and "loss" in values:
+        # Files keep T5X's "loss" (summed over the batch's target tokens);
+        # the screen says so, beside the per-token loss.
+        values = {("loss_sum" if k == "loss" else k): v
+                  for k, v in values.items()}
       end[kind] = summaries.format_metrics(values)
   end["checkpoints"] = ", ".join(f"checkpoint_{s}"
                                  for s in sorted(saved_steps))
@@ -309,9 +414,14 @@ def train(*, model: Optional[model_wrappers.BaseModel] = None,
     end["prompt (.npy)"] = os.path.join(
         os.path.abspath(model_dir), run_checkpoints.NUMPY_DIR,
         f"checkpoint_{total_steps}")
-  end["summaries"] = (f"{os.path.abspath(model_dir)}/"
-                      "{train,training_eval,inference_eval} "
-                      "(TensorBoard + metrics.jsonl)")
+  root = os.path.abspath(model_dir)
+  kinds = [k for k in ("train", "training_eval")
+           if os.path.isdir(os.path.join(root, k))]
+  end["summaries"] = (f"{root}/{{{','.join(kinds)}}} (TensorBoard + "
+                      "metrics.jsonl)")
+  if os.path.isdir(os.path.join(root, "inference_eval")):
+    end["inference eval"] = (f"{root}/inference_eval (TensorBoard, "
+                             "<task>-metrics.jsonl, <task>-<step>.jsonl)")
   summaries.screen(f"done: step {total_steps}", end)
   if show_examples and evaluator is not None and jax.process_index() == 0:
     summaries.print_examples(

@@ -274,8 +274,12 @@ def test_rejected_process_flags_are_a_usage_error(monkeypatch):
 
 
 def test_write_config_then_operative_config(tmp_path):
+  # A file's macro that nothing reads is kept in config.gin (a --gin one is
+  # refused: test_bad_input.py).
+  extra = tmp_path / "extra.gin"
+  extra.write_text("unused_macro = 'x'\n")
   _run("--gin_bindings=gin_utils_test_binary.steps = 4",
-       "--gin_bindings=unused_macro = 'x'")
+       f"--gin_file={extra}")
   model_dir = tmp_path / "run"
   path = gin_utils.write_config(str(model_dir))
   assert path == str(model_dir / "config.gin")

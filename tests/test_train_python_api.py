@@ -151,7 +151,7 @@ def test_parts_that_do_not_fit_are_rejected_before_model_dir(tiny_base,
     train(run_dir, 1, model=model, params=params, mesh=two)
   with pytest.raises(ValueError, match="model and params together"):
     train(run_dir, 1, model=model, mesh=two)
-  with pytest.raises(ValueError, match="TRAIN_STEPS=0 must be >= 1"):
+  with pytest.raises(ValueError, match="TRAIN_STEPS=0 must be a whole number >= 1"):
     train(run_dir, 0, model=model, params=params)
   assert not run_dir.exists()
 

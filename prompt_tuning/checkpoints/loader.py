@@ -23,6 +23,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from prompt_tuning import model_wrappers
 from prompt_tuning import partitioning
+from prompt_tuning import remote
 from prompt_tuning.checkpoints import hf
 from prompt_tuning.checkpoints import lazy
 from prompt_tuning.checkpoints import orbax_params
@@ -176,6 +177,7 @@ def load_pretrained(path: str, *, config: ConfigLike = None,
       change parameter shapes.
     model_kwargs: forwarded to the wrapper (eos_id, label_smoothing, ...).
   """
+  remote.check_reachable(os.fspath(path), "checkpoint")
   base = shipped.find(path)
   if base is not None:
     path, config = base.checkpoint_path, config or base.config
