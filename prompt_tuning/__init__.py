@@ -13,6 +13,7 @@ seqio and TFDS are needed only by the data pipeline and `prompt_tuning.tasks`.
 from prompt_tuning import methods
 from prompt_tuning import param_split
 from prompt_tuning.checkpoints.export import export_prompt
+from prompt_tuning.checkpoints.hf_export import export_model
 from prompt_tuning.checkpoints.loader import load_pretrained
 from prompt_tuning.checkpoints.shipped import list_pretrained
 from prompt_tuning.methods import initializers
@@ -33,7 +34,7 @@ __all__ = [
     "DecoderOnlyModel", "DecodingOptions", "EncoderDecoderModel",
     "ModelTuning", "MultiStagePrompting", "MultiTaskPrompt",
     "MultitaskPromptTuning", "PrefixTuning", "PromptTuning",
-    "TransformerConfig", "build_model", "export_prompt", "fold",
-    "initializers", "list_pretrained", "load_pretrained", "methods",
+    "TransformerConfig", "build_model", "export_model", "export_prompt",
+    "fold", "initializers", "list_pretrained", "load_pretrained", "methods",
     "param_split",
 ]

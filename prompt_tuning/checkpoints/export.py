@@ -25,7 +25,7 @@ from __future__ import annotations
 import io
 import json
 import os
-from typing import Any, Mapping, Optional, Union
+from typing import Any, Callable, Mapping, Optional, Union
 
 import flax.linen as nn
 import numpy as np
@@ -187,10 +187,13 @@ def _peft_files(params: Mapping[str, Any], model: Any,
 # Writing.
 
 
-def _commit(out_dir: str, files: Mapping[str, bytes],
+def _commit(out_dir: str,
+            files: Mapping[str, Union[bytes, Callable[[str], None]]],
             owned: list[str]) -> None:
   """Stages `files` beside `out_dir`, then renames them into it.
 
+  A value is a file's bytes, or a function that writes (and syncs) the file
+  at the path it is given, for files too large to hold twice in memory.
   A new `out_dir` appears whole (one directory rename). Into an existing
   one each file is renamed over its old version, and files an earlier
   export of this format wrote but this one does not (`owned`) are removed,
@@ -202,7 +205,10 @@ def _commit(out_dir: str, files: Mapping[str, bytes],
                              "directory.")
   with files_lib.staging_dir(out_dir) as staging:
     for name, data in files.items():
-      files_lib.write_synced(os.path.join(staging, name), data)
+      if callable(data):
+        data(os.path.join(staging, name))
+      else:
+        files_lib.write_synced(os.path.join(staging, name), data)
     if not os.path.exists(out_dir):
       os.rename(staging, out_dir)
       return
