@@ -46,3 +46,17 @@ def test_readme_serving_example_serves_the_shipped_prompts():
   assert tasks == set(prompts) == {"en_es", "es_en"}
   width = shipped.find(base).config.emb_dim
   assert {p.shape for p in prompts.values()} == {(20, width)}
+
+
+def test_readme_hugging_face_example_runs(tmp_path, monkeypatch, capsys):
+  """Exports the shipped base and prompt, then PEFT on transformers prints
+  the Spanish the README shows."""
+  blocks = re.findall(r"```python\n(.*?)```", README.read_text(), re.S)
+  [example] = [b for b in blocks if "pt.export_model" in b]
+  (tmp_path / "examples").symlink_to(README.parent / "examples")
+  monkeypatch.chdir(tmp_path)
+  exec(example, {})  # pylint: disable=exec-used
+  printed = capsys.readouterr().out.strip().splitlines()[-1]
+  assert f"It prints `{printed}`" in README.read_text(), printed
+  assert (tmp_path / "hf" / "bible_gpt2_small" / "config.json").is_file()
+  assert (tmp_path / "hf" / "en_es" / "adapter_config.json").is_file()
