@@ -81,3 +81,20 @@ def staging_dir(final: str) -> Iterator[str]:
   finally:
     if os.path.exists(staging):
       shutil.rmtree(staging, ignore_errors=True)
+
+
+def remove_stale_staging(parent: str) -> list[str]:
+  """Removes the staging folders and files (`.<name>.tmp-<pid>-<id>`) a
+  killed writer left in `parent`; returns their names. Call only when no
+  other process writes there (a binary's start-up)."""
+  if not os.path.isdir(parent):
+    return []
+  stale = [name for name in os.listdir(parent)
+           if name.startswith(".") and ".tmp-" in name]
+  for name in stale:
+    path = os.path.join(parent, name)
+    if os.path.isdir(path):
+      shutil.rmtree(path, ignore_errors=True)
+    else:
+      os.remove(path)
+  return stale

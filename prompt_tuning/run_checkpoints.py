@@ -27,6 +27,7 @@ import flax
 import jax
 import orbax.checkpoint as ocp
 
+from prompt_tuning import files as files_lib
 from prompt_tuning import param_split
 from prompt_tuning import train_step
 from prompt_tuning.checkpoints import export
@@ -144,6 +145,8 @@ class RunCheckpoints:
     those steps."""
     if not exportable(model) or jax.process_index() != 0:
       return []
+    # What an export killed mid-write staged: never renamed into place.
+    files_lib.remove_stale_staging(os.path.join(self.model_dir, NUMPY_DIR))
     missing = [s for s in self.all_steps()
                if not os.path.isdir(self.numpy_dir(s))]
     for step in missing:
@@ -249,8 +252,28 @@ def find_checkpoint(path: str) -> tuple[str, int]:
 def restore_params(path: str, abstract_params: Any) -> tuple[Any, int]:
   """The trainable params of a run checkpoint (a run dir or checkpoint_N)."""
   run_dir, step = find_checkpoint(path)
+  expected = shapes(abstract_params)
+  saved = saved_shapes(run_dir, step)
+  if saved is not None and saved != expected:
+    raise ValueError(
+        f"checkpoint_{step} in {run_dir!r} holds {_describe(saved)}, but the "
+        f"model's METHOD trains {_describe(expected)}; evaluate it with the "
+        "run's method and PROMPT_LENGTH (its config.gin).")
   manager = _manager(run_dir, create=False)
-  restored = manager.restore(step, args=ocp.args.Composite(
-      params=ocp.args.StandardRestore(abstract_params)))
-  manager.close()
+  try:
+    restored = manager.restore(step, args=ocp.args.Composite(
+        params=ocp.args.StandardRestore(abstract_params)))
+  except Exception as e:  # pylint: disable=broad-except
+    # Orbax/TensorStore raise many types for damaged files.
+    raise ValueError(
+        f"checkpoint_{step} in {run_dir!r} cannot be read ({_first_line(e)}):"
+        " its files are damaged or incomplete; point CHECKPOINT_PATH at an "
+        "earlier checkpoint_<step> of the run.") from e
+  finally:
+    manager.close()
   return restored.params, step
+
+
+def _describe(named_shapes: dict[str, tuple]) -> str:
+  return ", ".join(f"{name} {shape}" for name, shape in
+                   sorted(named_shapes.items())) or "nothing"

@@ -229,6 +229,29 @@ def test_a_run_that_cannot_resume_is_refused_and_left_as_it_was(
   assert snapshot(finished_run) == before
 
 
+def _damage(checkpoint: pathlib.Path) -> None:
+  for path in (checkpoint / "params").rglob("*"):
+    if path.is_file() and path.stat().st_size > 64:
+      path.write_bytes(path.read_bytes()[:16])  # truncated data files
+
+
+@pytest.mark.parametrize("case", ["damaged_checkpoint", "other_prompt_length"])
+def test_eval_of_a_checkpoint_it_cannot_use_is_one_line(
+    base, finished_run, tmp_path, capfd, case):
+  run = _copy_run(finished_run, tmp_path / "run")
+  flags = list(test_binaries.eval_flags(base, run / "checkpoint_4",
+                                        tmp_path / "eval"))
+  if case == "damaged_checkpoint":
+    _damage(run / "checkpoint_4")
+    expected = "cannot be read"
+  else:
+    flags = _replace(flags, "PROMPT_LENGTH", "5")
+    expected = "prompt/prompt (4, 16)"
+  status, lines = run_binary(eval_lib.evaluate, flags, capfd)
+  assert status == 1 and len(lines) == 1 and expected in lines[0], lines
+  assert not (tmp_path / "eval").exists()
+
+
 def _copy_run(source: pathlib.Path, target: pathlib.Path) -> pathlib.Path:
   import shutil  # pylint: disable=g-import-not-at-top
   shutil.copytree(source, target)
@@ -260,9 +283,7 @@ def test_resume_repairs_what_a_kill_left(base, finished_run, tmp_path, capfd):
 def test_a_damaged_newest_checkpoint_is_set_aside(base, finished_run,
                                                  tmp_path, capfd):
   run = _copy_run(finished_run, tmp_path / "run")
-  for path in (run / "checkpoint_4" / "params").rglob("*"):
-    if path.is_file() and path.stat().st_size > 64:
-      path.write_bytes(path.read_bytes()[:16])  # truncated data files
+  _damage(run / "checkpoint_4")
   flags = _replace(list(train_flags(base, run)), "TRAIN_STEPS", "6")
   capfd.readouterr()
   gin_utils.run(train_lib.train, flags)
@@ -334,3 +355,97 @@ def test_a_signal_mid_run_is_one_line_and_the_run_resumes(
     assert steps[-1] == stopped
     assert (model_dir / "numpy_checkpoints" / f"checkpoint_{stopped}").is_dir()
   assert steps and steps[0] == 50
+
+
+# ----------------------------------------------------------------------------
+# The kill harness: 20 SIGKILLs, then the state of an uninterrupted run.
+
+KILL_STEPS = 400
+
+
+def _kill_flags(base, model_dir):
+  flags = _replace(list(train_flags(base, model_dir, steps=KILL_STEPS)),
+                   "train.checkpoint_period", "4")
+  return _replace(flags, "train.eval_period", str(KILL_STEPS))
+
+
+def _run_to_end(flags, moment="none", step=0) -> int:
+  env = dict(os.environ, PYTHONPATH=str(test_binaries.TESTS),
+             JAX_PLATFORMS="cpu")
+  wrapper = str(test_binaries.TESTS / "kill_wrapper.py")
+  return subprocess.run(
+      [sys.executable, wrapper, moment, str(step), "--", *flags], env=env,
+      capture_output=True, text=True, timeout=600, check=False).returncode
+
+
+def _newest(model_dir: pathlib.Path) -> int:
+  steps = [int(p.name.split("_")[1]) for p in model_dir.glob("checkpoint_*")
+           if p.is_dir() and p.name.split("_")[1].isdigit()]
+  return max(steps, default=0)
+
+
+def _restored(path: pathlib.Path):
+  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+  import jax  # pylint: disable=g-import-not-at-top
+  return jax.tree.map(np.asarray, ocp.StandardCheckpointer().restore(path))
+
+
+@pytest.mark.slow
+def test_twenty_kills_end_where_an_uninterrupted_run_ends(base, tmp_path):
+  """SIGKILL at 20 moments: 6 planted (3 mid-save, 3 between a checkpoint's
+  commit and its export) and 14 from outside at random times, each after
+  the run made progress. Every restart resumes; at the end the prompt and
+  optimizer state are bit-identical to an uninterrupted run's, every
+  committed checkpoint has its export, and each metric file holds each
+  step once."""
+  reference = tmp_path / "reference"
+  assert _run_to_end(_kill_flags(base, reference)) == 0
+  run = tmp_path / "killed"
+  flags = _kill_flags(base, run)
+  rng = np.random.default_rng(0)
+  planted = [("save", 8), ("export", 12), ("save", 20), ("export", 24),
+             ("save", 32), ("export", 36)]
+  kills = 0
+  for moment, step in planted:
+    assert _run_to_end(flags, moment, step) == -signal.SIGKILL
+    kills += 1
+  while kills < 20:
+    process = _start(flags)
+    start = _newest(run)
+    while _newest(run) <= start and process.poll() is None:
+      time.sleep(0.05)
+    time.sleep(float(rng.uniform(0.0, 0.3)))
+    if process.poll() is not None:
+      break
+    process.send_signal(signal.SIGKILL)
+    process.communicate()
+    kills += 1
+  assert kills == 20, f"the run finished after {kills} kills"
+  assert _run_to_end(flags) == 0  # The last restart finishes the run.
+  final = f"checkpoint_{KILL_STEPS}"
+  assert ((run / "numpy_checkpoints" / final / "prompt.npy").read_bytes()
+          == (reference / "numpy_checkpoints" / final / "prompt.npy"
+              ).read_bytes())
+  for item in ("params", "opt_state"):
+    got, want = _restored(run / final / item), _restored(
+        reference / final / item)
+    assert jax_tree_equal(got, want), item
+  committed = sorted(p.name for p in run.glob("checkpoint_*")
+                     if p.is_dir() and p.name.split("_")[1].isdigit())
+  exported = sorted(p.name for p in (run / "numpy_checkpoints").iterdir())
+  assert committed == exported, (committed, exported)
+  for path in [run / "train" / "metrics.jsonl",
+               *run.glob("*/metrics.jsonl"),
+               *run.glob("inference_eval/*-metrics.jsonl")]:
+    steps = _metric_steps(path)
+    assert steps == sorted(set(steps)), (path, steps)
+  assert _metric_steps(run / "train" / "metrics.jsonl") == list(
+      range(1, KILL_STEPS + 1))
+
+
+def jax_tree_equal(a, b) -> bool:
+  import jax  # pylint: disable=g-import-not-at-top
+  leaves_a, tree_a = jax.tree.flatten(a)
+  leaves_b, tree_b = jax.tree.flatten(b)
+  return tree_a == tree_b and all(
+      np.array_equal(x, y) for x, y in zip(leaves_a, leaves_b))
