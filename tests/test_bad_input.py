@@ -108,6 +108,7 @@ TRAIN_CASES = [
     ("lr_huge", ["--gin.adafactor.learning_rate=1e30"], "1e+30"),
     ("lr_negative", ["--gin.adafactor.learning_rate=-0.1"], "-0.1"),
     ("lr_zero", ["--gin.adafactor.learning_rate=0"], "learning_rate=0"),
+    ("lr_infinite", ["--gin.adafactor.learning_rate=1e999"], "inf"),
     ("lr_text", ["--gin.adafactor.learning_rate='fast'"], "'fast'"),
     ("eval_period_zero", ["--gin.train.eval_period=0"], "eval_period=0"),
     ("checkpoint_period_text", ["--gin.train.checkpoint_period='10'"],
@@ -178,6 +179,15 @@ def test_an_empty_task_fails_before_model_dir(base, tmp_path, capfd,
   assert status == 1 and len(lines) == 1, lines
   assert "'pt_test_empty' gives no 'train' examples" in lines[0]
   assert not model_dir.exists()
+
+
+def test_a_relative_gin_path_works_as_a_config(monkeypatch):
+  """config="gin/runs/demo.gin" from the repository root: a path that
+  exists is read as it is, whatever gin's search paths hold."""
+  from prompt_tuning.checkpoints import loader  # pylint: disable=g-import-not-at-top
+  monkeypatch.chdir(test_binaries.TESTS.parent)
+  gin_utils.parse_gin([], [], ())  # search paths as a binary sets them
+  assert loader.resolve_config("gin/runs/demo.gin").vocab_size == 259
 
 
 def test_eval_output_dir_unwritable_fails_before_evaluating(base, tmp_path,
