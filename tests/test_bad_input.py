@@ -87,6 +87,17 @@ def _replace(flags, name, value):
   return [f for f in flags if not f.startswith(prefix)] + [prefix + value]
 
 
+def _changed(flags, change) -> list[str]:
+  """flags with a case's change: {NAME: value} replaces --gin.NAME, a list
+  adds flags."""
+  flags = list(flags)
+  if isinstance(change, dict):
+    for name, value in change.items():
+      flags = _replace(flags, name, value)
+    return flags
+  return flags + list(change)
+
+
 # (case id, flags to change as {NAME: value} or extra flags, what the line
 # must contain). MODEL_DIR is a fresh path unless the case sets it.
 TRAIN_CASES = [
@@ -142,12 +153,7 @@ TRAIN_CASES = [
 def test_train_bad_input_is_one_line_and_writes_nothing(
     base, tmp_path, capfd, case, change, expected):
   model_dir = tmp_path / "run"
-  flags = list(train_flags(base, model_dir))
-  if isinstance(change, dict):
-    for name, value in change.items():
-      flags = _replace(flags, name, value)
-  else:
-    flags += change
+  flags = _changed(train_flags(base, model_dir), change)
   status, lines = run_binary(train_lib.train, flags, capfd)
   assert status in (1, 2), (case, lines)
   assert len(lines) == 1 and "error" in lines[0], (case, lines)
@@ -227,12 +233,7 @@ RESUME_CASES = [
 def test_a_run_that_cannot_resume_is_refused_and_left_as_it_was(
     base, finished_run, capfd, case, change, expected):
   before = snapshot(finished_run)
-  flags = list(train_flags(base, finished_run))
-  if isinstance(change, dict):
-    for name, value in change.items():
-      flags = _replace(flags, name, value)
-  else:
-    flags += change
+  flags = _changed(train_flags(base, finished_run), change)
   status, lines = run_binary(train_lib.train, flags, capfd)
   assert status == 1 and len(lines) == 1, (case, lines)
   assert expected in lines[0], (case, lines)
