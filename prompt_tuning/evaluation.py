@@ -160,6 +160,9 @@ class Evaluator:
     def fn(params, batch, rng):
       return self.model.predict_batch_with_aux(params, batch, rng)
     indices, (tokens, aux) = self._run(fn, params, ds)
+    # A model computing NaN decodes garbage: refused, even when only the
+    # tokens are scored (their metric would look like a real result).
+    check_finite_scores(aux["scores"], self._task_of(ds), "decode scores")
     pairs = list(zip(indices, _token_lists(tokens)))
     if with_aux:
       return pairs, {k: list(v) for k, v in aux.items()}
@@ -170,7 +173,13 @@ class Evaluator:
       del rng
       return self.model.score_batch(params, batch)
     indices, scores = self._run(fn, params, ds)
+    check_finite_scores(scores, self._task_of(ds), "target log-likelihoods")
     return list(zip(indices, (float(s) for s in scores)))
+
+  def _task_of(self, ds: Any) -> Optional[str]:
+    """The name of the task whose cached dataset seqio handed over."""
+    cached = getattr(self._seqio, "_cached_model_datasets", {})
+    return next((name for name, d in cached.items() if d is ds), None)
 
   def evaluate(self, params: Params, step: int
                ) -> dict[str, dict[str, Any]]:
@@ -179,15 +188,21 @@ class Evaluator:
     Every process must call it (decoding and scoring run on the mesh).
     """
     compute = jax.process_index() == 0
+    created = compute and not os.path.exists(self.log_dir)
     if compute:
       os.makedirs(self.log_dir, exist_ok=True)
-    future, _ = self._seqio.evaluate(
-        compute_metrics=compute, step=step,
-        predict_fn=lambda ds: self._predict(params, ds, with_aux=False),
-        score_fn=lambda ds: self._score(params, ds),
-        predict_with_aux_fn=lambda ds: self._predict(params, ds,
-                                                     with_aux=True))
-    metrics = future.result()
+    try:
+      future, _ = self._seqio.evaluate(
+          compute_metrics=compute, step=step,
+          predict_fn=lambda ds: self._predict(params, ds, with_aux=False),
+          score_fn=lambda ds: self._score(params, ds),
+          predict_with_aux_fn=lambda ds: self._predict(params, ds,
+                                                       with_aux=True))
+      metrics = future.result()
+    except BaseException:
+      if created and not os.listdir(self.log_dir):
+        os.rmdir(self.log_dir)  # A failed first evaluation leaves nothing.
+      raise
     if not compute or metrics is None:
       return {}
     return {task: {name: _scalar(value) for name, value in values.items()}
@@ -330,16 +345,86 @@ def write_inferences(path: str, records: Iterable[Mapping[str, Any]]
   """Writes one JSON object per line to `path`, atomically; process 0 only.
 
   Records hold "inputs", "targets", "outputs" (decoded text) and, where
-  there are any, "output_tokens" and "score". numpy values become lists.
+  there are any, "output_tokens" and "score". numpy values become lists,
+  infinities null; NaN is a ValueError (`inference_lines`).
   A reader never sees a half-written file: it goes to a temporary file in
   the same folder, renamed over `path` when complete (removed on failure).
 
   Returns:
     `path`, or None on processes other than 0.
   """
-  lines = [json.dumps(record, default=_json_default, ensure_ascii=False)
-           + "\n" for record in records]
-  return files.write_text_on_process_0(path, "".join(lines))
+  return files.write_text_on_process_0(path, inference_lines(path, records))
+
+
+def inference_lines(path: str, records: Iterable[Mapping[str, Any]]) -> str:
+  """The JSON lines `write_inferences` writes to `path`.
+
+  JSON has no NaN or Infinity (Python's json would write the bare words,
+  which other readers reject). An infinite score is a beam slot that holds
+  no sequence (see `decoding.beam_search`) and is written as null; NaN means
+  the model computed NaN and is an error here, before anything is written.
+
+  Raises:
+    ValueError: a record holds NaN; names the file, example and field.
+  """
+  lines = []
+  for number, record in enumerate(records):
+    try:
+      safe = {k: _json_safe(v) for k, v in record.items()}
+    except FloatingPointError as e:
+      fields = [k for k, v in record.items() if _has_nan(v)]
+      raise ValueError(
+          f"cannot write {path}: example {number}'s "
+          f"{'/'.join(map(str, fields)) or 'value'} is NaN, which JSON "
+          "cannot hold; the model computes NaN: check the prompt and the "
+          "base checkpoint for NaN/Inf values (nothing was written).") from e
+    lines.append(json.dumps(safe, default=_json_default, ensure_ascii=False,
+                            allow_nan=False) + "\n")
+  return "".join(lines)
+
+
+def _json_safe(value: Any) -> Any:
+  """`value` with infinities as None; FloatingPointError on NaN."""
+  if isinstance(value, Mapping):
+    return {k: _json_safe(v) for k, v in value.items()}
+  if isinstance(value, (list, tuple)):
+    return [_json_safe(v) for v in value]
+  if isinstance(value, (np.ndarray, jax.Array, np.generic)):
+    array = np.asarray(value)
+    if not np.issubdtype(array.dtype, np.inexact):
+      return value
+    return _json_safe(array.tolist())
+  if isinstance(value, float):
+    if value != value:  # pylint: disable=comparison-with-itself
+      raise FloatingPointError("NaN")
+    if value in (float("inf"), float("-inf")):
+      return None
+  return value
+
+
+def _has_nan(value: Any) -> bool:
+  try:
+    _json_safe(value)
+    return False
+  except FloatingPointError:
+    return True
+
+
+def check_finite_scores(scores: Any, task: Optional[str], what: str) -> None:
+  """Refuses NaN/Inf model scores before seqio's loggers write them.
+
+  seqio's JSON logger writes NaN as a bare word (not JSON) and its metrics
+  of NaN scores are NaN; a model that computes NaN (a NaN prompt or base)
+  is an error to report, not a result to log.
+  """
+  array = np.asarray(scores, np.float64)
+  bad = int(array.size - np.count_nonzero(np.isfinite(array)))
+  if bad:
+    where = f"task {task!r}" if task else "the task being evaluated"
+    raise ValueError(
+        f"{where}: {bad} of {array.size} {what} are NaN or Inf; the "
+        "model computes non-finite values: check the prompt and the base "
+        "checkpoint for NaN/Inf values.")
 
 
 def _json_default(value: Any) -> Any:

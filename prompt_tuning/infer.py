@@ -9,8 +9,10 @@ Writes `INFER_OUTPUT_DIR/<task>-<label>.jsonl` per task of the mixture
 (label: `checkpoint_<step>` or the prompt file's name), one object per
 example: "inputs", "targets" (text), "outputs" (decoded prediction),
 "output_tokens" (up to EOS) and "score" (the decode's log-likelihood; beam
-scores are length-penalised). With num_decodes > 1, outputs, output_tokens
-and score are lists, best first. Files appear only when every task decoded.
+scores are length-penalised; null for a beam slot that holds no sequence).
+With num_decodes > 1, outputs, output_tokens and score are lists, best
+first. Files appear only when every task decoded; a NaN score (a model that
+computes NaN) is an error and writes nothing.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from jax.sharding import Mesh
 from prompt_tuning import data
 from prompt_tuning import eval as eval_binary
 from prompt_tuning import evaluation
+from prompt_tuning import files
 from prompt_tuning import gin_utils
 from prompt_tuning import model_wrappers
 from prompt_tuning import runtime
@@ -153,13 +156,18 @@ def infer(*, dataset_cfg: data.DatasetConfig, checkpoint_path: str,
       num_decodes=num_decodes)
   results = {task.name: decode_task(model, params, task, dataset_cfg, mesh,
                                     num_decodes) for task in tasks}
-  # Written only now, so a failure above leaves no partial output.
-  paths = {}
+  # Written only now, so a failure above leaves no partial output; every
+  # file's lines are built first (a NaN score is an error, see
+  # `evaluation.inference_lines`), so none is written unless all can be.
+  texts = {}
   for name, records in results.items():
     path = os.path.join(output_dir, f"{name}-{label}.jsonl")
-    if evaluation.write_inferences(path, records):
+    texts[path] = (name, evaluation.inference_lines(path, records))
+  paths = {}
+  for path, (name, text) in texts.items():
+    if files.write_text_on_process_0(path, text):
       paths[name] = path
-      logging.info("Wrote %d inferences to %s", len(records), path)
+      logging.info("Wrote %d inferences to %s", len(results[name]), path)
   if jax.process_index() == 0:
     gin_utils.write_operative_config(output_dir)
     summaries.screen("infer done", {

@@ -23,6 +23,7 @@ import flax.linen as nn
 import gin
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from prompt_tuning import decoding
 from prompt_tuning import losses
@@ -40,6 +41,53 @@ _jit_forward = functools.partial(jax.jit, static_argnums=0)
 _jit_predict = functools.partial(
     jax.jit, static_argnames=("self", "options", "prompt_with_targets",
                               "num_decodes"))
+
+
+# The features holding token ids: integers in [0, vocab_size).
+TOKEN_FEATURES = ("encoder_input_tokens", "decoder_input_tokens",
+                  "decoder_target_tokens")
+# Per-token features, shaped like the tokens of their stack.
+_ROW_FEATURES = {
+    "encoder_segment_ids": "encoder_input_tokens",
+    "encoder_positions": "encoder_input_tokens",
+    "decoder_loss_weights": "decoder_target_tokens",
+    "decoder_causal_attention": "decoder_input_tokens",
+    "decoder_segment_ids": "decoder_target_tokens",
+    "decoder_positions": "decoder_target_tokens",
+}
+
+
+def _no_inputs(inputs: Any, targets: Any, xp: Any = np) -> Any:
+  """Whether a batch has targets (or loss weights) but not one input token.
+
+  Single rows without input are allowed: a padding row (T5X pads its last
+  eval batch so), or an example whose only input is a method's soft prompt.
+  """
+  return xp.all(inputs == 0) & xp.any(targets != 0)
+
+
+@jax.jit
+def _token_stats(arrays: tuple[jax.Array, ...], inputs: Optional[jax.Array],
+                 targets: Optional[jax.Array]) -> tuple[jax.Array, jax.Array]:
+  """(int32 [n, 2]: min and max of each array, whether any example has
+  targets but no input): one small compiled call instead of pulling the ids
+  to the host."""
+  stats = jnp.stack([jnp.stack([jnp.min(a).astype(jnp.int32),
+                                jnp.max(a).astype(jnp.int32)])
+                     for a in arrays])
+  empty = (_no_inputs(inputs, targets, jnp) if inputs is not None
+           else jnp.bool_(False))
+  return stats, empty
+
+
+def _is_tracer(value: Any) -> bool:
+  return isinstance(value, jax.core.Tracer)
+
+
+def _first_row(mask: np.ndarray) -> int:
+  """The first row of a [batch, length] (or [batch]) mask holding a True."""
+  rows = np.nonzero(mask.reshape(mask.shape[0], -1).any(axis=1))[0]
+  return int(rows[0]) if rows.size else 0
 
 
 @gin.configurable
@@ -148,6 +196,168 @@ class BaseModel:
           f"batch lacks {missing}; {type(self).__name__} needs the T5X "
           f"features {list(required)} (got {sorted(batch)}).")
 
+  def _check_inputs(self, batch: Batch, what: str,
+                    required: tuple[str, ...] = ()) -> Batch:
+    """Checks a batch's features before the compiled call; returns it (with
+    lists turned into arrays).
+
+    Shapes and dtypes are checked always (they are known under jit too);
+    token id values only for concrete arrays (numpy, or jax arrays on this
+    process's devices), since a caller's jit passes tracers. Unchecked, an
+    out-of-vocabulary id gives NaN scores, a negative one silently reads
+    another row of the embedding table, and a float id fails deep in jax.
+
+    Raises:
+      KeyError: a `required` feature is missing.
+      TypeError: the batch is not a mapping, or a feature is text or holds
+        non-integer token ids.
+      ValueError: a feature is not [batch, length], the batch is empty,
+        features disagree on the batch size or length, an id is outside the
+        vocabulary, or (encoder-decoder) the inputs hold no token at all.
+    """
+    if not isinstance(batch, Mapping):
+      raise TypeError(
+          f"{what}: the batch must be a dict of T5X features (e.g. "
+          f"{{'encoder_input_tokens': ids, ...}}); got "
+          f"{type(batch).__name__}.")
+    self._check_batch(batch, required)
+    known = (TOKEN_FEATURES + tuple(_ROW_FEATURES)
+             + tuple(self.module.extra_features))
+    converted = {}
+    shapes: dict[str, tuple[int, ...]] = {}
+    for key in known:
+      value = batch.get(key)
+      if value is None:
+        continue
+      if isinstance(value, (str, bytes)):
+        raise TypeError(
+            f"{what}: {key} is text ({value[:40]!r}), not token ids; encode "
+            "it with the model's vocabulary (e.g. vocab.encode(text)) and "
+            "pass an int32 array [batch, length].")
+      if not hasattr(value, "shape") or not hasattr(value, "dtype"):
+        try:
+          value = np.asarray(value)
+        except (TypeError, ValueError) as e:
+          raise TypeError(
+              f"{what}: {key} is not an array ({type(value).__name__}: "
+              f"{e}); pass an int32 array [batch, length].") from e
+        if value.dtype.kind in "OUS":
+          raise TypeError(
+              f"{what}: {key} holds {value.dtype.name} values, not numbers"
+              " (ragged rows or text?); pad every row to one length and pass"
+              " an int32 array [batch, length].")
+        converted[key] = value
+      shape = tuple(value.shape)
+      shapes[key] = shape
+      if key in TOKEN_FEATURES or key in _ROW_FEATURES:
+        if len(shape) != 2:
+          fix = ("add the batch axis (np.asarray([ids]) for one example)"
+                 if len(shape) == 1 else "pass one row of ids per example")
+          raise ValueError(
+              f"{what}: {key} has shape {shape}, but features are [batch, "
+              f"length]; {fix}.")
+        if key in TOKEN_FEATURES and not (
+            np.issubdtype(value.dtype, np.integer)):
+          raise TypeError(
+              f"{what}: {key} holds {np.dtype(value.dtype).name} values, but "
+              f"token ids must be integers; pass an int32 array (e.g. "
+              f"ids.astype(np.int32)).")
+    self._check_shapes(shapes, what)
+    if converted:
+      batch = {**batch, **converted}
+    self._check_ids(batch, what)
+    return batch
+
+  def _check_shapes(self, shapes: Mapping[str, tuple[int, ...]],
+                    what: str) -> None:
+    """Every feature has the same rows, at least one, and per-token features
+    the length of their tokens."""
+    sizes = {k: s[0] for k, s in shapes.items() if s}
+    if len(set(sizes.values())) > 1:
+      listed = ", ".join(f"{k} {n}" for k, n in sizes.items())
+      raise ValueError(
+          f"{what}: the features disagree on the batch size (rows: {listed});"
+          " give every feature one row per example.")
+    for key, shape in shapes.items():
+      if key not in TOKEN_FEATURES:
+        continue
+      if shape[0] == 0:
+        raise ValueError(
+            f"{what}: the batch is empty ({key} has shape {shape}); pass at "
+            "least one example.")
+      if shape[1] == 0:
+        raise ValueError(
+            f"{what}: {key} has no positions (shape {shape}); pad every row "
+            "to the feature length (at least 1).")
+    pairs = [("decoder_input_tokens", "decoder_target_tokens")] + [
+        (k, tokens) for k, tokens in _ROW_FEATURES.items()]
+    for key, other in pairs:
+      if key in shapes and other in shapes and shapes[key] != shapes[other]:
+        raise ValueError(
+            f"{what}: {key} has shape {shapes[key]}, but {other} has "
+            f"{shapes[other]}; they are per-token features of the same "
+            "positions and must have the same [batch, length].")
+
+  def _check_ids(self, batch: Batch, what: str) -> None:
+    """Token ids inside the vocabulary; (encoder-decoder) inputs not all
+    padding when there are targets."""
+    keys, arrays = [], []
+    for key in TOKEN_FEATURES:
+      value = batch.get(key)
+      if value is None or _is_tracer(value):
+        continue
+      if isinstance(value, jax.Array) and not value.is_fully_addressable:
+        continue  # Other processes hold part of it; checked where built.
+      keys.append(key)
+      arrays.append(value)
+    if not keys:
+      return
+    inputs = targets = None
+    if "encoder_input_tokens" in self.FEATURES and (
+        "encoder_input_tokens" in keys):
+      targets = batch.get("decoder_loss_weights")
+      if targets is None:
+        targets = batch.get("decoder_target_tokens")
+      if targets is not None and not _is_tracer(targets) and not (
+          isinstance(targets, jax.Array)
+          and not targets.is_fully_addressable):
+        inputs = batch["encoder_input_tokens"]
+      else:
+        targets = None
+    if all(isinstance(a, np.ndarray) for a in arrays + [targets]
+           if a is not None):
+      stats = np.array([[a.min(), a.max()] for a in arrays], np.int64)
+      empty = inputs is not None and bool(
+          _no_inputs(inputs, np.asarray(targets)))
+    else:
+      stats, empty = _token_stats(
+          tuple(jnp.asarray(a) for a in arrays),
+          None if inputs is None else jnp.asarray(inputs),
+          None if targets is None else jnp.asarray(targets))
+      stats, empty = np.asarray(stats), bool(empty)
+    vocab = self.config.vocab_size
+    for key, array, (low, high) in zip(keys, arrays, stats):
+      if low >= 0 and high < vocab:
+        continue
+      ids = np.asarray(array)
+      if low < 0:
+        raise ValueError(
+            f"{what}: {key} holds the negative id {int(ids.min())} (row "
+            f"{_first_row(ids < 0)}); token ids are 0..{vocab - 1} (0 is "
+            "padding).")
+      raise ValueError(
+          f"{what}: {key} holds the id {int(ids.max())} (row "
+          f"{_first_row(ids >= vocab)}), but the model's vocabulary has "
+          f"{vocab} ids (0..{vocab - 1}); encode the text with the "
+          "vocabulary this base was trained with, not another model's.")
+    if empty:
+      raise ValueError(
+          f"{what}: encoder_input_tokens {tuple(inputs.shape)} holds no "
+          "tokens at all (every id is 0, padding), but the batch has "
+          "targets; an encoder-decoder model reads its inputs there: pass "
+          f"the encoded inputs (seqio's tasks end each with EOS, id "
+          f"{self.eos_id}).")
+
   def abstract_params(self) -> Params:
     """Boxed ShapeDtypeStructs (logical names, no arrays) of every param."""
     shapes = {k: (1, 1) for k in ("encoder_input_tokens",
@@ -177,6 +387,7 @@ class BaseModel:
               dropout_rng: Optional[jax.Array]
               ) -> tuple[jax.Array, dict[str, jax.Array]]:
     """Weighted token cross-entropy (+ z-loss); dropout iff an rng is given."""
+    batch = self._check_inputs(batch, "loss_fn", self.FEATURES)
     self._check_method_batch(batch)
     logits = self.compute_logits(params, batch, dropout_rng)
     stats, _ = self.token_stats(logits, batch, self.loss_normalizing_factor)
@@ -210,6 +421,7 @@ class BaseModel:
     """Per-example summed log-likelihood of the weighted targets: [batch]."""
     if return_intermediates:
       raise NotImplementedError("return_intermediates is not supported yet.")
+    batch = self._check_inputs(batch, "score_batch", self.FEATURES)
     self._refuse_packed(batch, "score_batch")
     self._check_method_batch(batch)
     logits = self.compute_logits(params, batch, None)
@@ -254,6 +466,7 @@ class BaseModel:
     """
     if num_decodes < 1:
       raise ValueError(f"num_decodes={num_decodes} must be >= 1.")
+    batch = self._check_inputs(batch, "predict_batch")
     self._refuse_packed(batch, "predict_batch")
     self._check_method_batch(batch)
     options = dataclasses.replace(self.decoding_options,

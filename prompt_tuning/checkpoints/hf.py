@@ -194,8 +194,7 @@ def read_hf_checkpoint(
     raise FileNotFoundError(
         f"{path!r} is not a Hugging Face model dir: it needs config.json and "
         f"one of {', '.join(WEIGHT_FILES)}.")
-  with open(os.path.join(path, "config.json")) as f:
-    config_json = json.load(f)
+  config_json = _read_json(os.path.join(path, "config.json"))
   tensors = _open_weights(path)
   model_type = config_json.get("model_type")
   if model_type == "gpt2":
@@ -329,13 +328,35 @@ def _gpt2_plan(cfg: TransformerConfig) -> Plan:
 # Weight files -> {HF name: LazyArray}
 
 
+def _corrupt(file: str, detail: str) -> ValueError:
+  return ValueError(
+      f"{file!r} is a truncated or corrupt Hugging Face checkpoint file "
+      f"({detail}); download or copy the model directory again.")
+
+
+def _read_json(file: str) -> dict[str, Any]:
+  """A JSON object file of a HF dir; a one-line error naming it otherwise."""
+  try:
+    with open(file, "rb") as f:
+      value = json.loads(f.read().decode("utf-8"))
+  except UnicodeDecodeError as e:
+    raise _corrupt(file, f"byte 0x{e.object[e.start]:02x} at offset "
+                   f"{e.start} is not UTF-8 text") from e
+  except ValueError as e:
+    raise _corrupt(file, f"not valid JSON: {e}") from e
+  if not isinstance(value, dict):
+    raise _corrupt(file, f"a JSON {type(value).__name__}, not an object")
+  return value
+
+
 def _open_weights(path: str) -> dict[str, LazyArray]:
   """All tensors of the dir's preferred weight layout, by HF name."""
   name = next(f for f in WEIGHT_FILES if os.path.isfile(os.path.join(path, f)))
   if name.endswith(".index.json"):
-    with open(os.path.join(path, name)) as f:
-      weight_map = json.load(f)["weight_map"]
-    files = sorted(set(weight_map.values()))
+    index = _read_json(os.path.join(path, name))
+    if not isinstance(index.get("weight_map"), dict):
+      raise _corrupt(os.path.join(path, name), "it has no 'weight_map'")
+    files = sorted(set(index["weight_map"].values()))
   else:
     files = [name]
   opener = _safetensors_arrays if ".safetensors" in name else _torch_arrays
@@ -363,14 +384,30 @@ def _safetensors_arrays(file: str) -> dict[str, LazyArray]:
   pages. (`safetensors.safe_open(framework="numpy")` cannot return bf16, and
   framework="pt" would make torch a dependency.)
   """
+  size = os.path.getsize(file)
   with open(file, "rb") as f:
-    (header_len,) = struct.unpack("<Q", f.read(8))
-    header = json.loads(f.read(header_len))
+    head = f.read(8)
+    if len(head) < 8:
+      raise _corrupt(file, f"{size} bytes, shorter than a safetensors header")
+    (header_len,) = struct.unpack("<Q", head)
+    if header_len > size - 8:
+      raise _corrupt(file, f"its header claims {header_len} bytes, the file "
+                     f"holds {size}")
+    try:
+      header = json.loads(f.read(header_len).decode("utf-8"))
+    except ValueError as e:  # UnicodeDecodeError included.
+      raise _corrupt(file, "its header is not valid JSON") from e
+  if not isinstance(header, dict):
+    raise _corrupt(file, "its header is not a JSON object")
   data_start = 8 + header_len
   arrays = {}
   for name, info in header.items():
     if name == "__metadata__":
       continue
+    end = data_start + int(info.get("data_offsets", [0, 0])[1])
+    if end > size:
+      raise _corrupt(file, f"tensor {name!r} ends at byte {end}, the file "
+                     f"holds {size}")
     if info["dtype"] not in _SAFETENSORS_DTYPES:
       raise ValueError(f"{file}: tensor {name!r} has dtype {info['dtype']}, "
                        "which we cannot read.")

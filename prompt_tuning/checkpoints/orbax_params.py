@@ -46,10 +46,69 @@ def save_params(path: str, params: Any, config: TransformerConfig) -> None:
   checkpointer.wait_until_finished()
 
 
+def _corrupt(path: str, detail: str) -> ValueError:
+  return ValueError(
+      f"{path!r} is a truncated or corrupt Orbax checkpoint ({detail}); copy "
+      "the whole checkpoint directory again from its source (or save it "
+      "again).")
+
+
+def _check_json_file(directory: str, name: str) -> None:
+  """A JSON file Orbax writes (if present) must parse: Orbax itself logs a
+  failed parse and carries on without what the file held."""
+  path = os.path.join(directory, name)
+  if not os.path.isfile(path):
+    return
+  try:
+    with open(path, encoding="utf-8") as f:
+      json.load(f)
+  except (ValueError, OSError) as e:  # UnicodeDecodeError is a ValueError.
+    raise _corrupt(path, f"{name} is not valid JSON: "
+                   f"{_first_line(e)}") from e
+
+
+def _first_line(e: BaseException) -> str:
+  if isinstance(e, UnicodeDecodeError):
+    return f"byte 0x{e.object[e.start]:02x} is not UTF-8"
+  lines = str(e).strip().splitlines()
+  detail = lines[0] if lines else type(e).__name__
+  return detail if len(detail) <= 200 else detail[:200] + "..."
+
+
+def _item_metadata(path: str) -> Any:
+  """Orbax's metadata of the checkpoint at `path` (the params' tree and the
+  custom metadata), or a one-line error naming what cannot be read."""
+  for name in ("_CHECKPOINT_METADATA", "_METADATA"):
+    _check_json_file(path, name)
+  try:
+    metadata = ocp.StandardCheckpointer().metadata(path)
+  except (ValueError, OSError, KeyError, TypeError) as e:
+    raise _corrupt(path, f"its metadata cannot be read: {_first_line(e)}"
+                   ) from e
+  if getattr(metadata, "item_metadata", None) is None:
+    raise _corrupt(path, "its _METADATA file (the tree of arrays) is missing "
+                   "or cannot be read")
+  return metadata
+
+
+def _restore(path: str, abstract: Any) -> Any:
+  try:
+    return ocp.StandardCheckpointer().restore(path, abstract)
+  except (ValueError, TypeError, FileNotFoundError):
+    raise  # Orbax's own one-line errors: a shape or structure mismatch.
+  except Exception as e:  # pylint: disable=broad-except
+    # TensorStore's read errors (a truncated or garbled chunk) reach here as
+    # a bare Exception whose message is a multi-line spec dump.
+    if type(e) is not Exception and "TensorStore" not in str(e):  # pylint: disable=unidiomatic-typecheck
+      raise
+    raise _corrupt(path, f"reading its arrays failed: {_first_line(e)}"
+                   ) from e
+
+
 def read_metadata(path: str) -> tuple[Optional[TransformerConfig],
                                       dict[str, tuple[tuple[int, ...], Any]]]:
   """(config if stored, {"a/b/kernel": (shape, dtype)}) without reading data."""
-  metadata = ocp.StandardCheckpointer().metadata(os.path.abspath(path))
+  metadata = _item_metadata(os.path.abspath(path))
   tree = metadata.item_metadata.tree
   if "params" not in tree:
     raise ValueError(
@@ -93,8 +152,7 @@ def read_run_metadata(checkpoint_dir: str
                                  dict[str, tuple[tuple[int, ...], Any]]]:
   """(the run's architecture from its model_info.json if there, shapes of
   the saved params) for a run's `checkpoint_<step>` dir."""
-  metadata = ocp.StandardCheckpointer().metadata(
-      os.path.join(checkpoint_dir, "params"))
+  metadata = _item_metadata(os.path.join(checkpoint_dir, "params"))
   info_path = os.path.join(os.path.dirname(checkpoint_dir), _RUN_INFO)
   config = None
   if os.path.isfile(info_path):
@@ -107,14 +165,12 @@ def read_run_metadata(checkpoint_dir: str
 
 def restore_run_params(checkpoint_dir: str, abstract_params: Any) -> Any:
   """A run checkpoint's saved params, into `abstract_params`."""
-  return ocp.StandardCheckpointer().restore(
-      os.path.join(checkpoint_dir, "params"), abstract_params)
+  return _restore(os.path.join(checkpoint_dir, "params"), abstract_params)
 
 
 def restore_params(path: str, abstract_params: Any) -> Any:
   """Restores into `abstract_params` (ShapeDtypeStructs with shardings)."""
-  restored = ocp.StandardCheckpointer().restore(
-      os.path.abspath(path), {"params": abstract_params})
+  restored = _restore(os.path.abspath(path), {"params": abstract_params})
   return restored["params"]
 
 

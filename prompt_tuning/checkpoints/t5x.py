@@ -47,6 +47,7 @@ DUMMY_BUCKET = "t5x-dummy-bucket"
 # Largest zarr chunk we write (T5X aims for 64 MiB chunks too).
 _CHUNK_BYTES = 64 * 1024 * 1024
 _STEP_DIR = re.compile(r"checkpoint_(\d+)")
+_CORRUPT_ARRAY = "a truncated or corrupt zarr array of a T5X checkpoint"
 
 
 # ----------------------------------------------------------------------------
@@ -328,7 +329,7 @@ class TensorStoreArray:
           if "NOT_FOUND" in str(e):
             raise FileNotFoundError(
                 _missing_array_message(self.name, kvstore)) from e
-          raise
+          raise corrupt_error(_where(kvstore), e, _CORRUPT_ARRAY) from e
       return self._handle
 
   @property
@@ -343,17 +344,44 @@ class TensorStoreArray:
 
   def read(self, index: lazy.Index) -> np.ndarray:
     index = lazy.normalize_index(index, self.shape)
-    return np.asarray(self._open()[index].read().result())
+    handle = self._open()
+    try:
+      return np.asarray(handle[index].read().result())
+    except ValueError as e:  # e.g. a truncated or garbled zarr chunk
+      raise corrupt_error(_where(self.spec["kvstore"]), e,
+                          _CORRUPT_ARRAY) from e
 
   def __repr__(self):
     return f"TensorStoreArray({self.name!r}, {self.shape}, {self.dtype})"
 
 
-def _missing_array_message(name: str, kvstore: Mapping[str, Any]) -> str:
-  where = kvstore["path"] if kvstore["driver"] == "file" else (
+def _where(kvstore: Mapping[str, Any]) -> str:
+  return kvstore["path"] if kvstore["driver"] == "file" else (
       f"gs://{kvstore['bucket']}/{kvstore['path']}")
+
+
+def _missing_array_message(name: str, kvstore: Mapping[str, Any]) -> str:
+  where = _where(kvstore)
   return (f"the zarr array for {name!r} is missing at {where!r}; the T5X "
           "checkpoint is incomplete, copy the whole checkpoint_N directory.")
+
+
+def corrupt_error(path: str, error: Any,
+                  what: str = "a truncated or corrupt T5X checkpoint file"
+                  ) -> ValueError:
+  """One line for a checkpoint file that cannot be read: which file, what
+  the reader said, and the fix."""
+  if isinstance(error, UnicodeDecodeError):
+    detail = (f"byte 0x{error.object[error.start]:02x} in a name is not "
+              "UTF-8")
+  else:
+    lines = str(error).strip().splitlines()
+    detail = lines[0] if lines else type(error).__name__
+  if len(detail) > 200:
+    detail = detail[:200] + "..."
+  return ValueError(
+      f"{path!r} is {what} ({detail}); copy the whole checkpoint_N directory "
+      "again from its source (or re-save it with T5X).")
 
 
 def _is_spec(node: Any) -> bool:
@@ -391,7 +419,17 @@ def read_t5x_checkpoint(path: str | os.PathLike, *, subtree: str = "target"
   raw = _read_file(posixpath.join(ckpt_dir, CHECKPOINT_FILE))
   if raw is None:  # raced with a deletion after resolving
     raise FileNotFoundError(f"{ckpt_dir!r} has no '{CHECKPOINT_FILE}' file.")
-  contents = serialization.msgpack_restore(raw)
+  checkpoint_file = posixpath.join(ckpt_dir, CHECKPOINT_FILE)
+  try:
+    contents = serialization.msgpack_restore(raw)
+  except (ValueError, TypeError, KeyError, IndexError, OverflowError) as e:
+    # msgpack: "Unpack failed: incomplete input" (truncated), a bad UTF-8
+    # key ("'utf-8' codec can't decode byte 0xff"), "extra data", ...
+    raise corrupt_error(checkpoint_file, e) from e
+  if not isinstance(contents, Mapping) or not isinstance(
+      contents.get("optimizer", {}), Mapping):
+    raise corrupt_error(checkpoint_file, "the msgpack map is not T5X's "
+                        "{'version', 'optimizer'} layout")
   if _has_orbax_placeholder(contents):
     raise _orbax_error(ckpt_dir, "its 'checkpoint' file is Orbax's msgpack "
                        "aggregate, with placeholders for the arrays")
@@ -400,6 +438,8 @@ def read_t5x_checkpoint(path: str | os.PathLike, *, subtree: str = "target"
     raise ValueError(
         f"T5X checkpoint {ckpt_dir!r} has version {version}; versions before "
         "2 are not supported, re-save it with a current T5X.")
+  if not isinstance(contents["optimizer"].get(subtree, {}), Mapping):
+    raise corrupt_error(checkpoint_file, f"optimizer/{subtree} is not a map")
   if subtree not in contents["optimizer"]:
     raise ValueError(
         f"T5X checkpoint {ckpt_dir!r} has no 'optimizer/{subtree}' subtree; "

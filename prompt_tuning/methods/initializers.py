@@ -26,6 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from prompt_tuning.checkpoints import lazy
+from prompt_tuning.checkpoints import npy
 from prompt_tuning.checkpoints import t5x
 
 __all__ = [
@@ -326,6 +327,8 @@ def from_array(array) -> Initializer:
   def init(rng, shape, embedding=None):
     del rng, embedding
     _check_shape(array.shape, shape, "from_array: the array")
+    npy.check_finite(array, "from_array: the array",
+                     "start from a prompt whose values are all finite")
     return jnp.asarray(array, jnp.float32)
 
   return init
@@ -340,10 +343,10 @@ def from_npy(path: Union[str, os.PathLike]) -> Initializer:
 
   def init(rng, shape, embedding=None):
     del rng, embedding
-    if not os.path.exists(path):
-      raise FileNotFoundError(f"from_npy: no prompt file at {path!r}.")
-    array = np.load(path)
+    array = npy.load(path, "from_npy: the prompt file")
     _check_shape(array.shape, shape, f"from_npy: {path!r}")
+    npy.check_finite(array, f"from_npy: {path!r}",
+                     "start from a prompt whose values are all finite")
     return jnp.asarray(array, jnp.float32)
 
   return init

@@ -43,6 +43,7 @@ import gin
 import ml_dtypes
 import numpy as np
 
+from prompt_tuning.checkpoints import npy
 from prompt_tuning.methods import initializers
 
 __all__ = ["MODES", "SHARED_VARIABLE", "TASKS_VARIABLE",
@@ -88,16 +89,20 @@ def _load(source: Source, what: str) -> np.ndarray:
   if not isinstance(source, (str, os.PathLike)):
     return np.asarray(source, np.float32)
   path = os.fspath(source)
-  if not os.path.isfile(path):
+  if not os.path.exists(path):
     raise FileNotFoundError(
         f"{what}: no file {path!r}; pass the .npy that prompt-tuning's "
         "scripts/extract_variable.py wrote for it.")
-  array = np.load(path, allow_pickle=False)
+  array = npy.load(path, f"{what}: the file")
   # extract_variable --restore_dtype=bfloat16 saves bfloat16, which np.load
   # returns as raw 2-byte records.
   if array.dtype.kind == "V" and array.dtype.itemsize == 2:
     array = array.view(ml_dtypes.bfloat16)
-  return array.astype(np.float32)
+  array = array.astype(np.float32)
+  npy.check_finite(array, f"{what}: {path!r}",
+                   "extract the variable again from a checkpoint whose loss "
+                   "was finite")
+  return array
 
 
 def _numpy_checkpoint_file(directory: str, variable: str) -> Optional[str]:

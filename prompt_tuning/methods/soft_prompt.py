@@ -23,6 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from prompt_tuning.checkpoints import export
+from prompt_tuning.checkpoints import npy
 from prompt_tuning.methods import base
 from prompt_tuning.models import combine as combine_lib
 from prompt_tuning.methods import initializers
@@ -55,20 +56,34 @@ class SoftPrompt(hooks_lib.MethodHooks):
 
 
 def load_prompt(source: Union[str, os.PathLike, np.ndarray],
-                what: str = "the served prompt") -> np.ndarray:
+                what: str = "the prompt") -> np.ndarray:
   """A float32 [P, H] prompt from an array or a .npy path; errors name
-  `what` and the file."""
+  `what` and the file.
+
+  Raises:
+    FileNotFoundError: no file at the path.
+    ValueError: not a readable .npy file (see `npy.load`), not [P, H], no
+      rows, or NaN / Inf values (a prompt from a run whose loss diverged
+      would give NaN scores and empty outputs).
+  """
   name = "(an array)"
   if isinstance(source, (str, os.PathLike)):
     name = repr(os.fspath(source))
-    if not os.path.exists(source):
-      raise FileNotFoundError(f"{what} file {name} does not exist; pass the "
-                              ".npy written by pt.export_prompt.")
-    source = np.load(source)
-  array = np.asarray(source, np.float32)
+    source = npy.load(source, f"{what} file")
+  try:
+    array = np.asarray(source, np.float32)
+  except (TypeError, ValueError) as e:
+    raise ValueError(f"{what} {name} is not a numeric [P, H] array "
+                     f"({type(source).__name__}: {e}).") from e
   if array.ndim != 2:
-    raise ValueError(f"{what} {name} must be [P, H]; got shape "
-                     f"{array.shape}.")
+    raise ValueError(f"{what} {name} must be [P, H] (prompt rows x the model "
+                     f"width); got shape {array.shape}.")
+  if array.shape[0] == 0:
+    raise ValueError(f"{what} {name} is empty (shape {array.shape}); a "
+                     "prompt has P >= 1 rows.")
+  npy.check_finite(array, f"{what} {name}",
+                   "export the prompt again from a checkpoint whose loss was "
+                   "finite")
   return array
 
 

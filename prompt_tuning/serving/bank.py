@@ -44,6 +44,7 @@ import numpy as np
 
 from prompt_tuning import run_checkpoints
 from prompt_tuning.checkpoints import export
+from prompt_tuning.checkpoints import npy
 from prompt_tuning.checkpoints import orbax_params
 
 PathLike = Union[str, os.PathLike]
@@ -77,23 +78,15 @@ def _check_prompt(name: str, path: str, array: Any) -> np.ndarray:
     raise ValueError(f"task {name!r} ({path}): the prompt is empty (shape "
                      f"{array.shape}); a prompt has P >= 1 rows.")
   array = np.asarray(array, np.float32)
-  if not np.all(np.isfinite(array)):
-    raise ValueError(f"task {name!r} ({path}): the prompt holds NaN or "
-                     "infinite values; re-export it from a healthy "
-                     "checkpoint.")
+  npy.check_finite(array, f"task {name!r} ({path}): the prompt",
+                   "export it again from a checkpoint whose loss was finite")
   return array
 
 
 def _load_npy(name: str, path: str) -> np.ndarray:
   if _PREFIX_FILE.fullmatch(os.path.basename(path)):
     raise _refuse(name, path, "a prefix-tuning table")
-  try:
-    array = np.load(path, allow_pickle=False)
-  except (ValueError, OSError) as e:
-    raise ValueError(f"task {name!r}: cannot read {path} as a .npy array "
-                     f"({e}); write it with np.save or pt.export_prompt."
-                     ) from e
-  return _check_prompt(name, path, array)
+  return _check_prompt(name, path, npy.load(path, f"task {name!r}: the file"))
 
 
 def _load_peft(name: str, path: str) -> np.ndarray:
