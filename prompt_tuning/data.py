@@ -136,6 +136,40 @@ def check_dataset(cfg: DatasetConfig, model: model_wrappers.BaseModel
   return task
 
 
+def check_text_encoding(cfg: DatasetConfig, limit: Optional[int] = None
+                        ) -> None:
+  """Fails when a text field of the split is not UTF-8: the metrics and the
+  JSON lines read it as text, so it would fail only after the whole
+  evaluation (or training) had run. Reads the split's first `limit`
+  examples (None: all), unshuffled.
+
+  Raises:
+    ValueError: naming the task, split, example and field, and the fix.
+  """
+  import seqio  # pylint: disable=g-import-not-at-top
+  source = get_task(cfg.mixture_or_task_name, cfg.module)
+  tasks = (source.tasks if isinstance(source, seqio.Mixture) else [source])
+  for task in tasks:
+    if cfg.split not in task.splits:
+      continue
+    ds = task.get_dataset(None, split=cfg.split, shuffle=False,
+                          use_cached=cfg.use_cached)
+    if limit is not None:
+      ds = ds.take(limit)
+    for index, example in enumerate(ds.as_numpy_iterator()):
+      for field, value in example.items():
+        if isinstance(value, bytes):
+          try:
+            value.decode("utf-8")
+          except UnicodeDecodeError as e:
+            raise ValueError(
+                f"task {task.name!r}, split {cfg.split!r}, example {index}: "
+                f"field {field!r} is not UTF-8 text (byte "
+                f"0x{value[e.start]:02x} at {e.start}: {value[:40]!r}); "
+                "re-encode the task's source files as UTF-8 (e.g. iconv -f "
+                "latin1 -t utf-8).") from None
+
+
 def check_feature_lengths(model: model_wrappers.BaseModel,
                           lengths: Mapping[str, int]) -> None:
   """Rejects lengths the model cannot take once the method's prompt is in.

@@ -107,6 +107,7 @@ def evaluate(*, dataset_cfg: data.DatasetConfig,
   if num_examples is not None and num_examples < 1:
     raise ValueError(f"evaluate.num_examples={num_examples} must be >= 1 "
                      "(or None for the whole split).")
+  data.check_text_encoding(dataset_cfg, num_examples)
   mesh, model, params, label = load_and_show(
       "eval", dataset_cfg, checkpoint_path, model, params, mesh)
   evaluator = evaluation.Evaluator(model, dataset_cfg, mesh,

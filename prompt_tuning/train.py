@@ -227,6 +227,8 @@ def train(*, model: Optional[model_wrappers.BaseModel] = None,
   for cfg in (train_eval_dataset_cfg, infer_eval_dataset_cfg):
     if cfg is not None:
       data.check_dataset(cfg, model)
+  if infer_eval_dataset_cfg is not None:
+    data.check_text_encoding(infer_eval_dataset_cfg, infer_eval_examples)
   state, frozen = train_step.init_state(model, params, optimizer)
   del params
   base = model.base_path

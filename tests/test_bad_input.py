@@ -31,6 +31,25 @@ from prompt_tuning import train as train_lib
 import test_binaries
 from test_binaries import LENGTHS, files_under, train_flags
 
+LATIN1_TASK_MODULE = '''
+import seqio, tensorflow as tf
+import seqio_test_tasks
+from prompt_tuning.tasks import metrics
+if "pt_test_latin1" not in seqio.TaskRegistry.names():
+  seqio.TaskRegistry.add(
+      "pt_test_latin1",
+      source=seqio.FunctionDataSource(
+          lambda split, shuffle_files, seed=None: tf.data.Dataset.from_tensor_slices(
+              {"inputs": tf.constant([b"copy: caf\\xe9"] * 16),
+               "targets": tf.constant([b"caf\\xe9"] * 16)}),
+          splits=("train", "validation")),
+      preprocessors=[seqio.preprocessors.tokenize,
+                     seqio.preprocessors.append_eos_after_trim],
+      output_features={k: seqio.Feature(seqio_test_tasks.VOCABULARY)
+                       for k in ("inputs", "targets")},
+      metric_fns=[metrics.accuracy])
+'''
+
 EMPTY_TASK_MODULE = '''
 import seqio, tensorflow as tf
 import seqio_test_tasks
@@ -194,6 +213,22 @@ def test_a_relative_gin_path_works_as_a_config(monkeypatch):
   monkeypatch.chdir(test_binaries.TESTS.parent)
   gin_utils.parse_gin([], [], ())  # search paths as a binary sets them
   assert loader.resolve_config("gin/runs/demo.gin").vocab_size == 259
+
+
+def test_a_latin1_task_fails_before_training(base, tmp_path, capfd,
+                                            monkeypatch):
+  """Its text would fail only at the first evaluation, after training."""
+  (tmp_path / "latin1_task_module.py").write_text(LATIN1_TASK_MODULE)
+  monkeypatch.syspath_prepend(str(tmp_path))
+  model_dir = tmp_path / "run"
+  flags = _changed(train_flags(base, model_dir), {
+      "MIXTURE_OR_TASK_NAME": "'pt_test_latin1'",
+      "MIXTURE_OR_TASK_MODULE": "'latin1_task_module'"})
+  status, lines = run_binary(train_lib.train, flags, capfd)
+  assert status == 1 and len(lines) == 1, lines
+  assert ("task 'pt_test_latin1', split 'validation', example 0: field "
+          "'inputs_pretokenized' is not UTF-8" in lines[0]), lines
+  assert "byte 0xe9" in lines[0] and not model_dir.exists()
 
 
 def test_eval_output_dir_unwritable_fails_before_evaluating(base, tmp_path,
