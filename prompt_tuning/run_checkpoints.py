@@ -176,10 +176,21 @@ def _set_aside(path: str) -> str:
 
 
 def committed_steps(model_dir: str) -> list[int]:
-  """The steps of MODEL_DIR's committed checkpoints; creates nothing."""
+  """The steps of MODEL_DIR's committed checkpoints, from the folder names
+  alone (Orbax renames a save to `checkpoint_<step>` when it commits).
+
+  No CheckpointManager is built: in a multi-process run its constructor
+  synchronizes the processes, and one process may call this after another
+  created MODEL_DIR.
+  """
   if not os.path.isdir(model_dir):
     return []
-  return sorted(_manager(model_dir, create=False).all_steps())
+  steps = []
+  for name in os.listdir(model_dir):
+    match = re.fullmatch(rf"{STEP_PREFIX}_(\d+)", name)
+    if match and os.path.isdir(os.path.join(model_dir, name)):
+      steps.append(int(match.group(1)))
+  return sorted(steps)
 
 
 def saved_shapes(model_dir: str, step: int) -> Optional[dict[str, tuple]]:
