@@ -31,41 +31,35 @@ from prompt_tuning import train as train_lib
 import test_binaries
 from test_binaries import LENGTHS, files_under, train_flags
 
-LATIN1_TASK_MODULE = '''
+
+def _task_module(name: str, inputs: str, targets: str) -> str:
+  """A module registering a copy-like task `name` whose every split holds
+  the examples of the two Python literals (lists of bytes)."""
+  return f'''
 import seqio, tensorflow as tf
 import seqio_test_tasks
 from prompt_tuning.tasks import metrics
-if "pt_test_latin1" not in seqio.TaskRegistry.names():
+if "{name}" not in seqio.TaskRegistry.names():
   seqio.TaskRegistry.add(
-      "pt_test_latin1",
+      "{name}",
       source=seqio.FunctionDataSource(
-          lambda split, shuffle_files, seed=None: tf.data.Dataset.from_tensor_slices(
-              {"inputs": tf.constant([b"copy: caf\\xe9"] * 16),
-               "targets": tf.constant([b"caf\\xe9"] * 16)}),
+          lambda split, shuffle_files, seed=None:
+              tf.data.Dataset.from_tensor_slices(
+                  {{"inputs": tf.constant({inputs}, tf.string),
+                    "targets": tf.constant({targets}, tf.string)}}),
           splits=("train", "validation")),
       preprocessors=[seqio.preprocessors.tokenize,
                      seqio.preprocessors.append_eos_after_trim],
-      output_features={k: seqio.Feature(seqio_test_tasks.VOCABULARY)
-                       for k in ("inputs", "targets")},
+      output_features={{k: seqio.Feature(seqio_test_tasks.VOCABULARY)
+                       for k in ("inputs", "targets")}},
       metric_fns=[metrics.accuracy])
 '''
 
-EMPTY_TASK_MODULE = '''
-import seqio, tensorflow as tf
-import seqio_test_tasks
-if "pt_test_empty" not in seqio.TaskRegistry.names():
-  seqio.TaskRegistry.add(
-      "pt_test_empty",
-      source=seqio.FunctionDataSource(
-          lambda split, shuffle_files, seed=None: tf.data.Dataset.from_tensor_slices(
-              {"inputs": tf.constant([], tf.string),
-               "targets": tf.constant([], tf.string)}),
-          splits=("train", "validation")),
-      preprocessors=[seqio.preprocessors.tokenize,
-                     seqio.preprocessors.append_eos_after_trim],
-      output_features={k: seqio.Feature(seqio_test_tasks.VOCABULARY)
-                       for k in ("inputs", "targets")})
-'''
+
+# Latin-1 text (0xe9 is "é" there, not UTF-8), and no examples at all.
+LATIN1_TASK_MODULE = _task_module(
+    "pt_test_latin1", "[b'copy: caf\\xe9'] * 16", "[b'caf\\xe9'] * 16")
+EMPTY_TASK_MODULE = _task_module("pt_test_empty", "[]", "[]")
 
 
 @pytest.fixture(scope="module")
