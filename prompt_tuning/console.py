@@ -32,6 +32,21 @@ RAW_LOGS_ENV = "PROMPT_TUNING_RAW_LOGS"
 _OUR_PACKAGES = ("prompt_tuning", "prompt_tuning.tasks")
 
 
+def first_line(error: "BaseException | str", max_chars: Optional[int] = None
+               ) -> str:
+  """An error's message as one line for a one-line report: its first line
+  (libraries append tracebacks and advice below it), the undecodable byte of
+  a UnicodeDecodeError instead of Python's long text, and at most max_chars
+  characters where the message may quote a whole file."""
+  if isinstance(error, UnicodeDecodeError):
+    return f"byte 0x{error.object[error.start]:02x} is not UTF-8"
+  text = str(error).strip()
+  line = text.splitlines()[0] if text else type(error).__name__
+  if max_chars is not None and len(line) > max_chars:
+    return line[:max_chars] + "..."
+  return line
+
+
 def verbosity_from_argv(argv: Sequence[str]) -> Optional[int]:
   """The value of absl's `--verbosity=N` / `-v N` in `argv`, else None.
 

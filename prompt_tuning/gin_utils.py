@@ -28,7 +28,7 @@ import pathlib
 import re
 import sys
 import tokenize
-from typing import Any, Callable, Optional, Sequence, Union
+from typing import Any, Callable, Optional, Sequence
 
 from absl import flags
 import gin
@@ -292,7 +292,7 @@ def initialize_distributed(coordinator_address: Optional[str],
         process_id=process_index)
   except (ValueError, TypeError) as e:
     raise UsageError(
-        f"cannot start the multi-process run: {_first_line(e)}; pass"
+        f"cannot start the multi-process run: {console.first_line(e)}; pass"
         " --coordinator_address=HOST:PORT, --process_count=N and"
         " --process_index=I on every process") from e
   # Not jax.process_index(): that would start the backends here.
@@ -406,7 +406,7 @@ def parse_gin(gin_files: Sequence[str], gin_bindings: Sequence[str],
     with gin.unlock_config():  # Run finalize's checks, leave it unlocked.
       gin.finalize()
   except _GIN_ERRORS as e:  # One the checks above did not foresee.
-    raise UsageError(_first_line(e)) from e
+    raise UsageError(console.first_line(e)) from e
 
 
 class _quiet_include_probes:  # pylint: disable=invalid-name
@@ -508,7 +508,7 @@ def run(main_fn: Callable[[], Any],
     # message. PROMPT_TUNING_TRACEBACK=1 shows the whole trace.
     if os.environ.get("PROMPT_TUNING_TRACEBACK") == "1":
       raise
-    sys.stderr.write(f"{prog}: error: {_first_line(e)}\n")
+    sys.stderr.write(f"{prog}: error: {console.first_line(e)}\n")
     raise SystemExit(INPUT_ERROR_EXIT_CODE) from e
 
 
@@ -591,7 +591,7 @@ def _describe(e: BaseException, source: Optional[gin_checks.Source],
   if isinstance(e, SyntaxError):
     word = gin_checks.unparsable_value(e)
     message = (f"cannot parse {word!r} as a value" if word
-               else _first_line(e.msg or "invalid syntax").rstrip("."))
+               else console.first_line(e.msg or "invalid syntax").rstrip("."))
     if binding is not None:
       return f"{message}; {_binding_syntax_hint(binding)}"
     where = (f" ({e.filename}, line {e.lineno})" if e.filename and e.lineno
@@ -599,7 +599,7 @@ def _describe(e: BaseException, source: Optional[gin_checks.Source],
     return (f"{message}{where}; gin values are Python literals (strings"
             " quoted), @refs or %MACROS")
   problem = gin_checks.first_problem(source, include) if source else None
-  return problem or _first_line(e)
+  return problem or console.first_line(e)
 
 
 def _binding_syntax_hint(binding: str) -> str:
@@ -611,11 +611,6 @@ def _binding_syntax_hint(binding: str) -> str:
             f" --gin.{name}=\"'{value}'\"")
   return ("write NAME = VALUE with a Python literal, @ref or %MACRO as VALUE;"
           " quote strings")
-
-
-def _first_line(e: Union[BaseException, str]) -> str:
-  text = str(e).strip()
-  return text.splitlines()[0] if text else type(e).__name__
 
 
 def _one_line(text: str) -> str:

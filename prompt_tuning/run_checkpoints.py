@@ -27,6 +27,7 @@ import flax
 import jax
 import orbax.checkpoint as ocp
 
+from prompt_tuning import console
 from prompt_tuning import files as files_lib
 from prompt_tuning import param_split
 from prompt_tuning import train_step
@@ -130,7 +131,7 @@ class RunCheckpoints:
         logging.warning(
             "checkpoint_%d in %s cannot be read (%s); kept as %s, resuming "
             "from the previous checkpoint.", step, self.model_dir,
-            _first_line(e), os.path.basename(kept))
+            console.first_line(e), os.path.basename(kept))
         self._manager.close()
         self._manager = _manager(self.model_dir, self._keep)
     raise ValueError(
@@ -159,10 +160,6 @@ class RunCheckpoints:
 
   def close(self) -> None:
     self._manager.close()
-
-
-def _first_line(error: BaseException) -> str:
-  return (str(error).strip().splitlines() or [type(error).__name__])[0]
 
 
 def _set_aside(path: str) -> str:
@@ -277,7 +274,8 @@ def restore_params(path: str, abstract_params: Any) -> tuple[Any, int]:
   except Exception as e:  # pylint: disable=broad-except
     # Orbax/TensorStore raise many types for damaged files.
     raise ValueError(
-        f"checkpoint_{step} in {run_dir!r} cannot be read ({_first_line(e)}):"
+        f"checkpoint_{step} in {run_dir!r} cannot be read "
+        f"({console.first_line(e)}):"
         " its files are damaged or incomplete; point CHECKPOINT_PATH at an "
         "earlier checkpoint_<step> of the run.") from e
   finally:

@@ -22,6 +22,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from prompt_tuning import console
 from prompt_tuning.models.configs import TransformerConfig
 
 _CONFIG_KEY = "prompt_tuning_model_config"
@@ -64,15 +65,7 @@ def _check_json_file(directory: str, name: str) -> None:
       json.load(f)
   except (ValueError, OSError) as e:  # UnicodeDecodeError is a ValueError.
     raise _corrupt(path, f"{name} is not valid JSON: "
-                   f"{_first_line(e)}") from e
-
-
-def _first_line(e: BaseException) -> str:
-  if isinstance(e, UnicodeDecodeError):
-    return f"byte 0x{e.object[e.start]:02x} is not UTF-8"
-  lines = str(e).strip().splitlines()
-  detail = lines[0] if lines else type(e).__name__
-  return detail if len(detail) <= 200 else detail[:200] + "..."
+                   f"{console.first_line(e, max_chars=200)}") from e
 
 
 def _item_metadata(path: str) -> Any:
@@ -83,8 +76,8 @@ def _item_metadata(path: str) -> Any:
   try:
     metadata = ocp.StandardCheckpointer().metadata(path)
   except (ValueError, OSError, KeyError, TypeError) as e:
-    raise _corrupt(path, f"its metadata cannot be read: {_first_line(e)}"
-                   ) from e
+    detail = console.first_line(e, max_chars=200)
+    raise _corrupt(path, f"its metadata cannot be read: {detail}") from e
   if getattr(metadata, "item_metadata", None) is None:
     raise _corrupt(path, "its _METADATA file (the tree of arrays) is missing "
                    "or cannot be read")
@@ -101,8 +94,8 @@ def _restore(path: str, abstract: Any) -> Any:
     # a bare Exception whose message is a multi-line spec dump.
     if type(e) is not Exception and "TensorStore" not in str(e):  # pylint: disable=unidiomatic-typecheck
       raise
-    raise _corrupt(path, f"reading its arrays failed: {_first_line(e)}"
-                   ) from e
+    detail = console.first_line(e, max_chars=200)
+    raise _corrupt(path, f"reading its arrays failed: {detail}") from e
 
 
 def read_metadata(path: str) -> tuple[Optional[TransformerConfig],
