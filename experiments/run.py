@@ -63,6 +63,15 @@ def _metrics(model_dir: str, task: str, folder: str = "inference_eval"
   return {k: v for k, v in last.items() if k != "step"}
 
 
+def _validation_loss(model_dir: str) -> float:
+  """The last training-time evaluation's teacher-forced loss per target
+  token on the validation split: it moves where a rank-classification
+  accuracy stays at one class."""
+  path = os.path.join(model_dir, "training_eval", "metrics.jsonl")
+  with open(path, encoding="utf-8") as f:
+    return float(json.loads(f.read().strip().splitlines()[-1])["loss"])
+
+
 def _finished(out_dir: str, arm: studies.Arm, seed: int
               ) -> Optional[dict[str, Any]]:
   """The recorded result of (arm, seed), or None if it has not finished."""
@@ -118,6 +127,8 @@ def run_arm(arm: studies.Arm, seed: int, out_dir: str, quick: bool
     trainable = 0
   result = {"arm": arm.name, "seed": seed, "labels": arm.labels,
             "trainable": trainable, **_metrics(model_dir, arm.task)}
+  if arm.trained:
+    result["val_loss"] = _validation_loss(model_dir)
   # Zero-shot evaluations of the trained run on other tasks (transfer).
   for label, task in arm.evals:
     eval_dir = os.path.join(model_dir, f"eval_{label}")
@@ -143,7 +154,9 @@ def summarize(results: list[dict[str, Any]], metrics: tuple[str, ...]
     row = {"arm": arm, **runs[0]["labels"], "seeds": len(runs),
            "trainable": runs[0]["trainable"]}
     for name in (*metrics, "seconds"):
-      if name not in runs[0]:  # e.g. BLEU in a classification arm's row
+      # e.g. BLEU in a classification arm's row, or a metric recorded
+      # only by runs newer than the runner's first version.
+      if any(name not in r for r in runs):
         continue
       values = np.array([r[name] for r in runs], float)
       row[name] = float(values.mean())

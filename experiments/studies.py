@@ -238,25 +238,31 @@ def _fig3_arms(quick: bool) -> list[Arm]:
 
 
 def _fig3_figure(rows, path):
-  """Figure 3's three ablations as panels of bars: canon accuracy per
-  setting of the one factor that changes."""
+  """Figure 3's three ablations as columns of bars: canon accuracy and
+  validation loss per setting of the one factor that changes."""
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
   factors = ("length", "init", "base")
-  fig, axes = plt.subplots(1, 3, figsize=(10, 3.2))
-  for ax, factor in zip(axes, factors):
+  # Top row: accuracy, as the paper's; bottom: validation loss, which
+  # moves where accuracy stays at the majority class.
+  fig, axes = plt.subplots(2, 3, figsize=(10, 5.6))
+  for ax, factor in zip(axes.T, factors):
     # The default arm belongs to every panel.
     panel = [r for r in rows
              if all(r[f] == str(_FIG3_DEFAULT[f]) for f in factors
                     if f != factor)]
-    ax.bar(range(len(panel)), [r["accuracy"] for r in panel],
-           yerr=[r["accuracy_std"] for r in panel], capsize=3)
-    ax.set_xticks(range(len(panel)))
-    ax.set_xticklabels([r[factor] for r in panel], fontsize=7)
-    ax.set_title({"length": "prompt length", "init": "initialisation",
-                  "base": "pretraining"}[factor], fontsize=9)
-    ax.set_ylabel("canon accuracy (rank classification)")
+    for row_axes, metric, label in (
+        (ax[0], "accuracy", "canon accuracy (rank classification)"),
+        (ax[1], "val_loss", "validation loss per target token")):
+      shown = [r for r in panel if metric in r]
+      row_axes.bar(range(len(shown)), [r[metric] for r in shown],
+                   yerr=[r[f"{metric}_std"] for r in shown], capsize=3)
+      row_axes.set_xticks(range(len(shown)))
+      row_axes.set_xticklabels([r[factor] for r in shown], fontsize=7)
+      row_axes.set_ylabel(label, fontsize=7)
+    ax[0].set_title({"length": "prompt length", "init": "initialisation",
+                     "base": "pretraining"}[factor], fontsize=9)
   fig.suptitle(f"Lester et al. Figure 3 at small scale ({_MIDDLE})",
                fontsize=9)
   fig.tight_layout()
@@ -313,11 +319,12 @@ STUDIES = {
         title="C. Lester Figure 3: prompt length, initialisation, LM "
         "adaptation",
         arms=_fig3_arms, columns=("factor", "setting"),
-        metrics=("accuracy", "mean_7class_f1"), figure=_fig3_figure),
+        metrics=("accuracy", "mean_7class_f1", "val_loss"),
+        figure=_fig3_figure),
     "lester_table2": Study(
         title="D. Lester Table 2: zero-shot domain transfer of paraphrase "
         "detection",
         arms=_table2_arms, columns=("train", "evaluate", "method"),
-        metrics=("accuracy", "transfer_accuracy", "transfer_f1"),
+        metrics=("accuracy", "transfer_accuracy", "transfer_f1", "val_loss"),
         figure=_table2_figure),
 }

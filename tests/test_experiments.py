@@ -85,6 +85,8 @@ def test_lester_fig3_quick_varies_one_factor_at_a_time(tmp_path):
   assert rows["base-span_corruption_only"]["base"] == "span corruption only"
   for row in rows.values():
     assert 0 <= row["accuracy"] <= 100
+    # The teacher-forced validation loss: finite and positive.
+    assert 0 < row["val_loss"] < 50
 
 
 def test_lester_table2_quick_scores_the_other_testament(tmp_path):
