@@ -88,7 +88,8 @@ def _bars(rows: list[dict[str, Any]], path: str, metric: str,
   groups = list(dict.fromkeys(r[group] for r in rows))
   names = list(dict.fromkeys(r[series] for r in rows))
   width = 0.8 / len(names)
-  fig, ax = plt.subplots(figsize=(1.8 + 1.6 * len(groups), 3.2))
+  # The legend sits right of the axes, clear of the bars.
+  fig, ax = plt.subplots(figsize=(3.6 + 1.6 * len(groups), 3.2))
   for i, name in enumerate(names):
     values = [next((r for r in rows if r[group] == g and r[series] == name),
                    None) for g in groups]
@@ -100,7 +101,7 @@ def _bars(rows: list[dict[str, Any]], path: str, metric: str,
   ax.set_xticklabels(groups, fontsize=8)
   ax.set_ylabel(metric)
   ax.set_title(title, fontsize=9)
-  ax.legend(fontsize=7)
+  ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
   fig.tight_layout()
   fig.savefig(path, dpi=120)
   plt.close(fig)
