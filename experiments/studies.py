@@ -217,6 +217,7 @@ _FIG3_GRID = (
     *(("length", n) for n in (1, 5, 20, 100)),
     ("init", "uniform"), ("init", "sampled vocab"),
     ("base", "span corruption only"))
+_CANON_CLASSES = 7
 _FIG3_INIT_FILES = {"class labels": "class_labels", "uniform": "uniform",
                     "sampled vocab": "sampled_vocab"}
 
@@ -225,6 +226,10 @@ def _fig3_arms(quick: bool) -> list[Arm]:
   arms = []
   for factor, value in (_FIG3_GRID[3:] if quick else _FIG3_GRID):
     settings = {**_FIG3_DEFAULT, factor: value}
+    if settings["length"] < _CANON_CLASSES:
+      # The 7 label words do not fit a 1- or 5-row prompt; those rows come
+      # from the vocabulary, the paper's fill for rows the labels leave.
+      settings["init"] = "sampled vocab"
     base = ("bible_t5_small_span" if settings["base"] != "LM-adapted"
             else _MIDDLE)
     arms.append(Arm(
@@ -249,10 +254,9 @@ def _fig3_figure(rows, path):
   # moves where accuracy stays at the majority class.
   fig, axes = plt.subplots(2, 3, figsize=(10, 5.6))
   for ax, factor in zip(axes.T, factors):
-    # The default arm belongs to every panel.
+    # The default arm (20 rows) belongs to every panel.
     panel = [r for r in rows
-             if all(r[f] == str(_FIG3_DEFAULT[f]) for f in factors
-                    if f != factor)]
+             if r["factor"] == factor or r["arm"] == "length-20"]
     for row_axes, metric, label in (
         (ax[0], "accuracy", "canon accuracy (rank classification)"),
         (ax[1], "val_loss", "validation loss per target token")):
@@ -260,12 +264,15 @@ def _fig3_figure(rows, path):
       row_axes.bar(range(len(shown)), [r[metric] for r in shown],
                    yerr=[r[f"{metric}_std"] for r in shown], capsize=3)
       row_axes.set_xticks(range(len(shown)))
-      row_axes.set_xticklabels([r[factor] for r in shown], fontsize=7)
+      row_axes.set_xticklabels(
+          [r[factor] + ("*" if factor == "length" and
+                        r["init"] != _FIG3_DEFAULT["init"] else "")
+           for r in shown], fontsize=7)
       row_axes.set_ylabel(label, fontsize=7)
     ax[0].set_title({"length": "prompt length", "init": "initialisation",
                      "base": "pretraining"}[factor], fontsize=9)
-  fig.suptitle(f"Lester et al. Figure 3 at small scale ({_MIDDLE})",
-               fontsize=9)
+  fig.suptitle(f"Lester et al. Figure 3 at small scale ({_MIDDLE}); "
+               "* sampled-vocabulary init (7 labels do not fit)", fontsize=9)
   fig.tight_layout()
   fig.savefig(path, dpi=120)
   plt.close(fig)
@@ -319,7 +326,7 @@ STUDIES = {
     "lester_fig3": Study(
         title="C. Lester Figure 3: prompt length, initialisation, LM "
         "adaptation",
-        arms=_fig3_arms, columns=("factor", "setting"),
+        arms=_fig3_arms, columns=("factor", "length", "init", "base"),
         metrics=("accuracy", "mean_7class_f1", "val_loss"),
         figure=_fig3_figure),
     "lester_table2": Study(
