@@ -28,6 +28,11 @@ scripts/build_downstream_data.py rebuilds the files.
   labels are balanced. Old and New Testament verses only, respectively:
   train a prompt on one and evaluate it on the other for domain transfer
   (Lester et al.'s QQP -> MRPC). Accuracy and F1 of "yes".
+* `bible_paraphrase_ot_lm`, `bible_paraphrase_nt_lm` (and `_lm_rank`): the
+  same pairs for decoder-only bases, written as bible.py's `_lm` tasks are:
+  the inputs end in a newline instead of an EOS, so the converter joins
+  them into "sentence1: ... sentence2: ...\n<label></s>" (a decoder-only
+  base has learnt that what follows an EOS is an unrelated document).
 * `bible_canon_rank`, `bible_paraphrase_ot_rank`, `bible_paraphrase_nt_rank`:
   rank classification, as superglue.py's `_rank_classification` tasks:
   validation and test only, each example repeated once per label word
@@ -95,6 +100,9 @@ CANON_DESIGN_PROMPT = ("Which part of the Bible is this verse from: law, "
                        "apocalypse? Verse:")
 CANON_TASK = "bible_canon"
 PARAPHRASE_TASKS = {f"bible_paraphrase_{t}": t for t in TESTAMENTS}
+# Decoder-only variants: the inputs end in this instead of an EOS.
+LM_SUFFIX = "_lm"
+LM_SEPARATOR = "\n"
 RANK_SUFFIX = "_rank"
 
 # What the shipped files hold (tests check it); seqio's mixing rates read
@@ -105,6 +113,8 @@ NUM_EXAMPLES = {
     "bible_paraphrase_ot": {"train": 4000, "validation": 1334, "test": 1434},
     "bible_paraphrase_nt": {"train": 4000, "validation": 460, "test": 396},
 }
+NUM_EXAMPLES.update({name + LM_SUFFIX: NUM_EXAMPLES[name]
+                     for name in PARAPHRASE_TASKS})
 # Pieces, EOS included, that hold >99.8% of the inputs whole (all splits);
 # targets are one label word ("apocalypse", the longest, is 6 pieces + EOS).
 FEATURE_LENGTHS = {
@@ -253,18 +263,24 @@ def paraphrase_format(x: Mapping[str, tf.Tensor]) -> dict[str, tf.Tensor]:
   return x
 
 
+@seqio.map_over_dataset
+def lm_separator_format(x: Mapping[str, tf.Tensor]) -> dict[str, tf.Tensor]:
+  """The inputs, then LM_SEPARATOR (their EOS is left off: `_lm` tasks)."""
+  return {**x, "inputs": tf.strings.join([x["inputs"], LM_SEPARATOR])}
+
+
 # --- Registration -------------------------------------------------------------
 
 
-def _output_features() -> dict[str, seqio.Feature]:
+def _output_features(inputs_eos: bool = True) -> dict[str, seqio.Feature]:
   vocabulary = vocabularies.bible_vocabulary()
-  return {key: seqio.Feature(vocabulary, add_eos=True)
-          for key in ("inputs", "targets")}
+  return {"inputs": seqio.Feature(vocabulary, add_eos=inputs_eos),
+          "targets": seqio.Feature(vocabulary, add_eos=True)}
 
 
 def _add(name: str, dataset_fn, splits: Sequence[str],
          num_examples: Mapping[str, int], text_steps: list, postprocess,
-         metric_fns) -> None:
+         metric_fns, inputs_eos: bool = True) -> None:
   if name in seqio.TaskRegistry.names():
     return
   seqio.TaskRegistry.add(
@@ -274,22 +290,23 @@ def _add(name: str, dataset_fn, splits: Sequence[str],
           num_input_examples={s: num_examples[s] for s in splits}),
       preprocessors=[*text_steps, seqio.preprocessors.tokenize,
                      seqio.preprocessors.append_eos_after_trim],
-      output_features=_output_features(),
+      output_features=_output_features(inputs_eos),
       postprocess_fn=postprocess, metric_fns=list(metric_fns))
 
 
 def _add_classification(name: str, dataset_fn, text_steps: list,
-                        labels: Sequence[str], metric_fns) -> tuple[str, str]:
+                        labels: Sequence[str], metric_fns,
+                        inputs_eos: bool = True) -> tuple[str, str]:
   """The task and its rank-classification variant; their names."""
   _add(name, dataset_fn, SPLITS, NUM_EXAMPLES[name], text_steps,
        functools.partial(glue.label_to_class_id, label_classes=labels),
-       metric_fns)
+       metric_fns, inputs_eos)
   rank = name + RANK_SUFFIX
   _add(rank, dataset_fn, RANK_SPLITS, NUM_EXAMPLES[name],
        text_steps + [functools.partial(superglue.rank_classification,
                                        label_names=labels)],
        superglue.rank_classification_postprocessor,
-       [metrics.rank_classification(metric_fns)])
+       [metrics.rank_classification(metric_fns)], inputs_eos)
   return name, rank
 
 
@@ -320,6 +337,10 @@ def register() -> tuple[str, ...]:
     names += _add_classification(name, _paraphrase_dataset(testament),
                                  [paraphrase_format], PARAPHRASE_LABELS,
                                  PARAPHRASE_METRICS)
+    names += _add_classification(
+        name + LM_SUFFIX, _paraphrase_dataset(testament),
+        [paraphrase_format, lm_separator_format], PARAPHRASE_LABELS,
+        PARAPHRASE_METRICS, inputs_eos=False)
   return tuple(names)
 
 

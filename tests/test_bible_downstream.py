@@ -49,6 +49,9 @@ SOME_BOOKS = {"Genesis": "law", "Deuteronomy": "law", "Joshua": "history",
               "Revelation of John": "apocalypse"}
 EVAL_SPLITS = ("validation", "test")
 DESIGN = ("bible_en_es_design", "bible_canon_design_rank")
+# Decoder-only formats of the paraphrase tasks, and their rank variants.
+PARAPHRASE_LM = ("bible_paraphrase_ot_lm", "bible_paraphrase_nt_lm")
+PARAPHRASE_LM_RANK = tuple(name + "_rank" for name in PARAPHRASE_LM)
 
 
 def book(ref: str) -> str:
@@ -67,7 +70,7 @@ def _refs(name: str, split: str) -> list[str]:
   if name == "bible_canon":
     return [ref for ref, _, _ in bd.canon_examples(split)]
   if name.startswith("bible_paraphrase_"):
-    testament = name.rsplit("_", 1)[1]
+    testament = name.split("_")[2]  # bible_paraphrase_<testament>[_lm]
     return [r for _, r1, r2, _, _ in bd.paraphrase_examples(testament, split)
             for r in (r1, r2)]
   return [ref for ref, _, _ in bd.translation_pairs(split)]
@@ -77,7 +80,8 @@ def _refs(name: str, split: str) -> list[str]:
 
 
 def test_every_task_is_registered_with_the_bible_vocabulary_and_metrics():
-  assert set(bd.NAMES) == {*PLAIN, *RANK, *DESIGN, "bible_es_en_msp"}
+  assert set(bd.NAMES) == {*PLAIN, *RANK, *DESIGN, *PARAPHRASE_LM,
+                           *PARAPHRASE_LM_RANK, "bible_es_en_msp"}
   vocabulary = vocabularies.bible_vocabulary()
   for name in bd.NAMES:
     task = seqio.get_mixture_or_task(name)
@@ -86,7 +90,7 @@ def test_every_task_is_registered_with_the_bible_vocabulary_and_metrics():
     if name == "bible_en_es_design":  # Nothing trains on prompt design.
       assert set(task.splits) == set(EVAL_SPLITS)
       assert task.predict_metric_fns and not task.score_metric_fns
-    elif name in (*RANK, "bible_canon_design_rank"):
+    elif name in (*RANK, *PARAPHRASE_LM_RANK, "bible_canon_design_rank"):
       assert set(task.splits) == set(EVAL_SPLITS), name
       assert not task.predict_metric_fns and len(task.score_metric_fns) == 1
     else:
@@ -219,6 +223,24 @@ def test_paraphrase_input_reads_like_mrpc():
   [row] = _rows("bible_paraphrase_ot", "validation", 1)
   assert row["inputs_pretokenized"] == f"sentence1: {web} sentence2: {kjv}"
   assert row["targets_pretokenized"] == label and row["ref1"] == ref1
+
+
+@pytest.mark.parametrize("name", ["bible_paraphrase_ot", "bible_paraphrase_nt",
+                                  "bible_paraphrase_ot_rank"])
+def test_paraphrase_lm_format_ends_inputs_in_a_newline_not_an_eos(name):
+  """The decoder-only variant: same examples and targets; the inputs end in
+  the newline a bilingual document hands over with, and no EOS."""
+  lm_name = name.replace("_rank", "") + "_lm" + (
+      "_rank" if name.endswith("_rank") else "")
+  plain, lm = _rows(name, "validation", 4), _rows(lm_name, "validation", 4)
+  newline = vocabularies.bible_vocabulary().encode("\n")[-1]
+  for p, l in zip(plain, lm):
+    assert l["inputs_pretokenized"] == p["inputs_pretokenized"] + "\n"
+    assert list(p["inputs"][-1:]) == [1]
+    assert list(l["inputs"]) == list(p["inputs"][:-1]) + [newline]
+    assert list(l["targets"]) == list(p["targets"]) and l["targets"][-1] == 1
+  assert bd.NUM_EXAMPLES[lm_name.replace("_rank", "")] == bd.NUM_EXAMPLES[
+      name.replace("_rank", "")]
 
 
 def test_prompt_design_tasks_hold_the_hand_written_prompt():

@@ -94,11 +94,17 @@ def test_lester_table2_quick_scores_the_other_testament(tmp_path):
                             str(tmp_path)])
   out = tmp_path / "lester_table2_quick"
   _check_outputs(out, summary)
+  assert {(r["base"], r["method"]) for r in summary["rows"]} == {
+      (base, method) for base in ("bible_t5_small", "bible_gpt2_small")
+      for method in ("prompt tuning", "model tuning")}
   for row in summary["rows"]:
     assert (row["train"], row["evaluate"]) == ("Old Testament",
                                                "New Testament")
     assert 0 <= row["transfer_accuracy"] <= 100 and "transfer_f1" in row
-  # The transfer eval read the trained run's checkpoint, on the NT pairs.
-  [metrics] = out.glob("ot_to_nt-prompt_tuning/seed_0/eval_transfer/"
-                       "bible_paraphrase_nt_rank-metrics.jsonl")
-  assert json.loads(metrics.read_text().splitlines()[-1])["step"] == 4
+  # The transfer eval read the trained run's checkpoint, on the NT pairs,
+  # in each base's format.
+  for base, task in (("bible_t5_small", "bible_paraphrase_nt_rank"),
+                     ("bible_gpt2_small", "bible_paraphrase_nt_lm_rank")):
+    [metrics] = out.glob(f"{base}-ot_to_nt-prompt_tuning/seed_0/"
+                         f"eval_transfer/{task}-metrics.jsonl")
+    assert json.loads(metrics.read_text().splitlines()[-1])["step"] == 4
