@@ -54,12 +54,16 @@ def _trainable(model_dir: str) -> int:
       ",", ""))
 
 
+def _last_row(path: str) -> dict[str, Any]:
+  """The last row of a metrics.jsonl file: the run's final evaluation."""
+  with open(path, encoding="utf-8") as f:
+    return json.loads(f.read().strip().splitlines()[-1])
+
+
 def _metrics(model_dir: str, task: str, folder: str = "inference_eval"
              ) -> dict[str, float]:
   """The last evaluation's metrics of `task` under model_dir/folder."""
-  path = os.path.join(model_dir, folder, f"{task}-metrics.jsonl")
-  with open(path, encoding="utf-8") as f:
-    last = json.loads(f.read().strip().splitlines()[-1])
+  last = _last_row(os.path.join(model_dir, folder, f"{task}-metrics.jsonl"))
   return {k: v for k, v in last.items() if k != "step"}
 
 
@@ -67,9 +71,8 @@ def _validation_loss(model_dir: str) -> float:
   """The last training-time evaluation's teacher-forced loss per target
   token on the validation split: it moves where a rank-classification
   accuracy stays at one class."""
-  path = os.path.join(model_dir, "training_eval", "metrics.jsonl")
-  with open(path, encoding="utf-8") as f:
-    return float(json.loads(f.read().strip().splitlines()[-1])["loss"])
+  return float(_last_row(os.path.join(model_dir, "training_eval",
+                                      "metrics.jsonl"))["loss"])
 
 
 def _finished(out_dir: str, arm: studies.Arm, seed: int
