@@ -91,12 +91,13 @@ def _bars(rows: list[dict[str, Any]], path: str, metric: str,
   # The legend sits right of the axes, clear of the bars.
   fig, ax = plt.subplots(figsize=(3.6 + 1.6 * len(groups), 3.2))
   for i, name in enumerate(names):
-    values = [next((r for r in rows if r[group] == g and r[series] == name),
-                   None) for g in groups]
-    ax.bar(np.arange(len(groups)) + i * width,
-           [v[metric] if v else 0 for v in values], width,
-           yerr=[v[f"{metric}_std"] if v else 0 for v in values],
-           capsize=3, label=name)
+    # Only the groups that ran this series: a missing arm is a gap, not a
+    # zero bar.
+    found = [(j, r) for j, g in enumerate(groups) for r in rows
+             if r[group] == g and r[series] == name]
+    ax.bar([j + i * width for j, _ in found], [r[metric] for _, r in found],
+           width, yerr=[r[f"{metric}_std"] for _, r in found], capsize=3,
+           label=name)
   ax.set_xticks(np.arange(len(groups)) + width * (len(names) - 1) / 2)
   ax.set_xticklabels(groups, fontsize=8)
   ax.set_ylabel(metric)
