@@ -15,7 +15,6 @@ from its newest checkpoint, as the train binary does. After the runs:
 from __future__ import annotations
 
 import argparse
-import concurrent.futures
 import json
 import os
 import re
@@ -149,25 +148,6 @@ def run_arm(arm: studies.Arm, seed: int, out_dir: str, quick: bool
   return result
 
 
-def run_all(runs: list[tuple[studies.Arm, int]], out_dir: str, quick: bool,
-            jobs: int) -> list[dict[str, Any]]:
-  """Every (arm, seed), `jobs` at a time; results in grid order. Two jobs
-  on 2 cores finish a study sooner than one: a run's single-threaded
-  stretches (input pipeline, compiles, decoding) leave a core idle."""
-  if jobs == 1:
-    return [run_arm(arm, seed, out_dir, quick) for arm, seed in runs]
-  with concurrent.futures.ThreadPoolExecutor(jobs) as pool:
-    futures = [pool.submit(run_arm, arm, seed, out_dir, quick)
-               for arm, seed in runs]
-    try:
-      return [future.result() for future in futures]
-    except BaseException:
-      # Runs already started finish and are recorded; none start anew.
-      for future in futures:
-        future.cancel()
-      raise
-
-
 def summarize(results: list[dict[str, Any]], metrics: tuple[str, ...]
               ) -> list[dict[str, Any]]:
   """One row per arm: labels, mean and std of each metric over seeds."""
@@ -211,12 +191,8 @@ def main(argv=None) -> dict[str, Any]:
                       help="train nothing: tabulate the runs finished so far")
   parser.add_argument("--only", default=None,
                       help="regex: run only the arms whose name it finds")
-  parser.add_argument("--jobs", type=int, default=1,
-                      help="runs at a time (2 suits 2 cores)")
   parser.add_argument("--out", default=os.path.join(HERE, "results"))
   args = parser.parse_args(argv)
-  if args.jobs < 1:
-    parser.error(f"--jobs must be at least 1, not {args.jobs}.")
   study = studies.STUDIES[args.study]
   out_dir = os.path.join(args.out, args.study + ("_quick" if args.quick
                                                  else ""))
@@ -234,9 +210,8 @@ def main(argv=None) -> dict[str, Any]:
       raise SystemExit(f"no finished runs of {args.study} in {out_dir}.")
   else:
     # Untrained arms are deterministic: one run, whatever --seeds says.
-    results = run_all([(arm, seed) for arm in arms
-                       for seed in (seeds if arm.trained else [0])],
-                      out_dir, args.quick, args.jobs)
+    results = [run_arm(arm, seed, out_dir, args.quick)
+               for arm in arms for seed in (seeds if arm.trained else [0])]
   rows = summarize(results, study.metrics)
   summary = {"study": args.study, "quick": args.quick, "runs": results,
              "rows": rows}
