@@ -376,7 +376,10 @@ def _wait_for_checkpoint(model_dir: pathlib.Path, process, step: int,
 def test_a_signal_mid_run_is_one_line_and_the_run_resumes(
     base, tmp_path, signum, status, expected):
   model_dir = tmp_path / "run"
-  flags = _replace(list(train_flags(base, model_dir, steps=400)),
+  # Far more steps than the run can take before the signal: a tiny model
+  # runs hundreds of steps a second, and on a loaded machine checkpoint_50
+  # was once seen only after all of 400 had finished.
+  flags = _replace(list(train_flags(base, model_dir, steps=100_000)),
                    "train.checkpoint_period", "50")
   process = _start(flags)
   _wait_for_checkpoint(model_dir, process, 50)
