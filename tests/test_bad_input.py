@@ -377,8 +377,8 @@ def test_a_signal_mid_run_is_one_line_and_the_run_resumes(
     base, tmp_path, signum, status, expected):
   model_dir = tmp_path / "run"
   # Far more steps than the run can take before the signal: a tiny model
-  # runs hundreds of steps a second, and on a loaded machine checkpoint_50
-  # was once seen only after all of 400 had finished.
+  # runs hundreds of steps a second, and on a loaded machine a 400-step run
+  # once finished before the signal reached it.
   flags = _replace(list(train_flags(base, model_dir, steps=100_000)),
                    "train.checkpoint_period", "50")
   process = _start(flags)
