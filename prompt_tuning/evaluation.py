@@ -95,7 +95,7 @@ def batched_outputs(fn: BatchFn, params: Params, ds: Any, batch_size: int,
   check_batch_size(batch_size, mesh)
   key = jax.random.PRNGKey(seed)
   for number, (indices, features) in enumerate(
-      ds.batch(batch_size).as_numpy_iterator()):
+      data.numpy_iterator(ds.batch(batch_size))):
     count = len(indices)
     batch = data.shard_full_batch(pad_rows(features, batch_size), mesh)
     outputs = to_numpy(fn(params, batch, jax.random.fold_in(key, number)))
@@ -267,7 +267,7 @@ def _padded_batches(ds: Any, rows: int,
   and those that ran out feed weightless rows, so all call the model in
   step.
   """
-  iterator = ds.as_numpy_iterator()
+  iterator = data.numpy_iterator(ds)
   weightless = None  # The last batch with all weights 0.
   count = 0
   while num_batches is None or count < num_batches:

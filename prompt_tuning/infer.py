@@ -75,7 +75,7 @@ def decode_task(model: model_wrappers.BaseModel, params: Any, task: Any,
       sequence_length=lengths, split=dataset_cfg.split, shuffle=False,
       num_epochs=1, seed=dataset_cfg.seed,
       use_cached=dataset_cfg.use_cached).cache()
-  examples = list(task_ds.as_numpy_iterator())
+  examples = list(data.numpy_iterator(task_ds))
   model_ds = data.feature_converter(model, pack=False)(task_ds,
                                                        lengths).enumerate()
   all_decodes = num_decodes > 1
