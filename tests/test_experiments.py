@@ -46,6 +46,22 @@ def test_msp_table1_quick_produces_its_table_and_figure_and_resumes(
   assert again["rows"] == summary["rows"]
 
 
+def test_msp_table1_full_grid_trains_the_medium_base_half_as_long():
+  """The full grid: 10 arms on the small base at common.gin's 400 steps, 6
+  on the medium base at 200 (the study's two-hour budget)."""
+  _runner()
+  import studies  # pylint: disable=g-import-not-at-top
+  arms = studies.STUDIES["msp_table1"].arms(False)
+  steps = {}
+  for arm in arms:
+    bound = [b for b in arm.bindings if b.startswith("TRAIN_STEPS")]
+    steps.setdefault(arm.labels["base"], set()).add(tuple(bound))
+  assert steps == {"bible_gpt2_small": {()},
+                   "bible_gpt2_medium": {("TRAIN_STEPS = 200",)}}
+  assert sum(a.labels["base"] == "bible_gpt2_medium" for a in arms) == 6
+  assert len(arms) == 16
+
+
 def _check_outputs(out, summary):
   """The table has a row per arm, the figure is a PNG, results.json holds
   every run."""
